@@ -1,0 +1,137 @@
+"""The encoder map: encoder names -> (TF Hub encoder handle, matching preprocessor handle).
+
+The map is data: `bertclf/encoders.toml` ships the notebook's map plus `tiny`; a user
+file of the same shape (`--encoder-map FILE` or $BERTCLF_ENCODER_MAP) adds entries or
+overrides them. A handle is a TF Hub URL, a local SavedModel folder in the TF Hub BERT
+format, or `builtin:NAME/PART` for models bertclf builds itself into its cache.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertclf.cache import cache_dir
+from bertclf.errors import EncoderError
+
+BUILTIN_MAP = Path(__file__).with_name("encoders.toml")
+OFFLINE_HINT = (
+    "TF Hub is unreachable? Set TFHUB_CACHE_DIR to a cache that already holds the model, "
+    "point the encoder map at local SavedModel folders (--encoder-map FILE), "
+    "or use a local encoder: --encoder tiny, or a folder made by `python -m bertclf import-hf`"
+)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One entry of the encoder map."""
+
+    name: str
+    encoder: str
+    preprocess: str
+    description: str = ""
+
+
+def _is_remote(handle: str) -> bool:
+    return "://" in handle or handle.startswith("builtin:")
+
+
+def _read_map_file(path: Path) -> dict[str, EncoderSpec]:
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EncoderError(f"encoder map {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EncoderError(f"encoder map {path}: not valid TOML ({e})") from None
+    entries = table.get("encoders")
+    if not isinstance(entries, dict):
+        raise EncoderError(f"encoder map {path}: expected [encoders.NAME] tables")
+    specs = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not {"encoder", "preprocess"} <= entry.keys():
+            raise EncoderError(f"encoder map {path}: entry {name!r} needs 'encoder' and "
+                               "'preprocess' handles")
+        handles = [entry["encoder"], entry["preprocess"]]
+        handles = [h if _is_remote(h) else str((path.parent / h).resolve()) for h in handles]
+        specs[name] = EncoderSpec(name, *handles, description=entry.get("description", ""))
+    return specs
+
+
+def load_map(path: str | Path | None = None) -> dict[str, EncoderSpec]:
+    """The built-in map, overridden by $BERTCLF_ENCODER_MAP, then by `path`."""
+    specs = _read_map_file(BUILTIN_MAP)
+    for extra in (os.environ.get("BERTCLF_ENCODER_MAP"), path):
+        if extra:
+            specs.update(_read_map_file(Path(extra).expanduser()))
+    return specs
+
+
+def get_encoder(name: str, map_path: str | Path | None = None) -> EncoderSpec:
+    """Look `name` up in the map; a folder holding `encoder/` and `preprocess/` also works."""
+    folder = Path(name).expanduser()
+    if (folder / "encoder").is_dir() and (folder / "preprocess").is_dir():
+        return EncoderSpec(name, str((folder / "encoder").resolve()),
+                           str((folder / "preprocess").resolve()), "local folder")
+    specs = load_map(map_path)
+    if name not in specs:
+        close = [n for n in specs if name.lower() in n.lower()][:5]
+        hint = f" (did you mean: {', '.join(close)})" if close else ""
+        raise EncoderError(f"unknown encoder {name!r}{hint}; `python -m bertclf encoders` "
+                           "lists the map, --encoder-map FILE adds entries")
+    return specs[name]
+
+
+def resolve_handle(handle: str) -> str:
+    """A handle hub.load can take: builds `builtin:` models, checks local folders exist."""
+    if handle.startswith("builtin:"):
+        model, _, part = handle.removeprefix("builtin:").partition("/")
+        if model != "tiny" or part not in ("encoder", "preprocess"):
+            raise EncoderError(f"unknown built-in handle {handle!r}: only builtin:tiny/encoder "
+                               "and builtin:tiny/preprocess exist")
+        from bertclf.hub_models import build_tiny
+
+        encoder_dir, preprocess_dir = build_tiny(cache_dir() / "models" / "tiny")
+        return str(encoder_dir if part == "encoder" else preprocess_dir)
+    if "://" not in handle and not (Path(handle) / "saved_model.pb").is_file():
+        raise EncoderError(f"encoder handle {handle}: not a SavedModel folder "
+                           "(no saved_model.pb)")
+    return handle
+
+
+def _load(handle: str, loader):
+    resolved = resolve_handle(handle)
+    try:
+        return loader(resolved)
+    except Exception as e:  # hub/TF raise many types for unreachable or broken handles
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderError(f"cannot load {handle}: {reason[:300]}. {OFFLINE_HINT}") from e
+
+
+def load_encoder_layer(spec: EncoderSpec, trainable: bool = True):
+    """The encoder as a trainable `hub.KerasLayer`."""
+    import tensorflow_hub as hub
+
+    return _load(spec.encoder, lambda h: hub.KerasLayer(h, trainable=trainable, name="encoder"))
+
+
+def load_preprocessor(spec: EncoderSpec):
+    """The preprocessor SavedModel object (root call, `.tokenize`, `.bert_pack_inputs`)."""
+    import tensorflow_hub as hub
+    import tensorflow_text  # noqa: F401  (registers the ops preprocessors use)
+
+    return _load(spec.preprocess, hub.load)
+
+
+def preprocess_path(spec: EncoderSpec) -> Path | None:
+    """The local folder of the preprocessor (for cache keys), None if not downloaded."""
+    resolved = resolve_handle(spec.preprocess)
+    if "://" not in resolved:
+        return Path(resolved)
+    import tensorflow_hub as hub
+
+    try:
+        return Path(hub.resolve(resolved))
+    except Exception:
+        return None
