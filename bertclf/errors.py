@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class EncoderError(UserError):
     """An unknown encoder name or an encoder handle that cannot be loaded."""
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish, e.g. the loss became NaN."""

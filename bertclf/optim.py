@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-LR_SCHEDULES = ("constant", "linear")
-WD_SCHEDULES = ("constant", "piecewise", "lr")
+from bertclf.config import LR_SCHEDULES, WD_SCHEDULES
 
 # The notebook's piecewise-constant decay: full, then a tenth, then a hundredth.
 PIECEWISE_FRACTIONS = (0.5, 0.75)

@@ -1,0 +1,71 @@
+"""The settings of one fine-tuning run (no TensorFlow import, so the sweep's parent stays light)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from bertclf.errors import UserError
+
+LR_SCHEDULES = ("constant", "linear")
+WD_SCHEDULES = ("constant", "piecewise", "lr")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one fine-tuning run; defaults follow the notebook's recipe."""
+
+    data: str
+    encoder: str = "tiny"
+    encoder_map: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_examples: int | None = None
+    val_fraction: float = 0.2
+    seq_len: int = 128
+    batch_size: int = 32
+    eval_batch_size: int | None = None  # None: 4 x batch_size
+    epochs: int = 5
+    patience: int = 1
+    lr: float = 3e-5
+    lr_schedule: str = "linear"
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    wd_schedule: str = "constant"
+    dropout: float = 0.1
+    bucket: bool = True
+    jit_compile: bool | None = None  # None: on when a GPU is present
+    seed: int = 42
+
+    def validate(self) -> None:
+        """Raise UserError naming the first impossible value."""
+        checks = [
+            (self.seq_len >= 8, "seq_len must be at least 8"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             "eval_batch_size must be at least 1"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.patience >= 0, "patience must be 0 or more"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be 0 or more"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (self.max_examples is None or self.max_examples >= 2, "max_examples must be >= 2"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.wd_schedule in WD_SCHEDULES,
+             f"wd_schedule must be one of {', '.join(WD_SCHEDULES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)

@@ -1,0 +1,84 @@
+"""Export a trained classifier as one SavedModel from raw strings to logits, and score with it.
+
+The export holds preprocessor + encoder + head, so it reloads with plain
+`tf.saved_model.load` in a process that imports only tensorflow and tensorflow_text,
+and TF Serving can host it through its `serving_default` signature.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bertclf.encoders import EncoderSpec, load_preprocessor
+from bertclf.errors import UserError
+
+CARD_NAME = "bertclf.json"  # class names and provenance, in the SavedModel's assets.extra/
+
+
+class TextClassifier(tf.Module):
+    """Raw strings -> preprocessor -> trained classifier -> logits."""
+
+    def __init__(self, preprocessor, classifier: tf.keras.Model, seq_len: int,
+                 class_names: list[str]):
+        super().__init__(name="text_classifier")
+        self.preprocessor = preprocessor
+        self.classifier = classifier
+        self.seq_len = tf.Variable(seq_len, trainable=False, dtype=tf.int32, name="seq_len")
+        self.class_names = tf.Variable(class_names, trainable=False, dtype=tf.string,
+                                       name="class_names")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def __call__(self, text):
+        tokens = self.preprocessor.tokenize(text)
+        inputs = self.preprocessor.bert_pack_inputs([tokens], seq_length=self.seq_len)
+        return self.classifier(inputs, training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(self, text):
+        return {"logits": self(text)}
+
+
+def export_model(classifier: tf.keras.Model, spec: EncoderSpec, class_names: list[str],
+                 seq_len: int, path: str | Path, card: dict | None = None) -> Path:
+    """Save the raw-text SavedModel at `path` with a JSON card in `assets.extra/`."""
+    path = Path(path)
+    module = TextClassifier(load_preprocessor(spec), classifier, seq_len, class_names)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    extra = path / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    card = {"class_names": class_names, "seq_len": seq_len, **(card or {})}
+    (extra / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_model(path: str | Path):
+    """Reload an exported model; raises UserError if `path` is not one."""
+    import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
+
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise UserError(f"{path}: not an exported model (no saved_model.pb); pass the "
+                        "saved_model/ folder that `bertclf train` wrote")
+    return tf.saved_model.load(str(path))
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, C] from logits [N, 1] (sigmoid) or [N, C] (softmax)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[-1] == 1:
+        positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - positive, positive], axis=1)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict(path: str | Path, texts: list[str]) -> list[tuple[str, float]]:
+    """Score `texts` with an exported model: (predicted class name, its probability) each."""
+    model = load_model(path)
+    names = [n.decode() for n in model.class_names.numpy()]
+    probs = probabilities(model(tf.constant(texts)).numpy())
+    return [(names[i], float(p[i])) for p, i in zip(probs, probs.argmax(axis=1), strict=True)]

@@ -1,0 +1,122 @@
+"""One fine-tuning run: load data, tokenize (cached), build, fit with early stopping, evaluate."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from bertclf.config import TrainConfig
+from bertclf.data import Dataset, load_dataset
+from bertclf.encoders import EncoderSpec, get_encoder
+from bertclf.errors import TrainingError
+from bertclf.model import build_classifier, loss_and_metric
+from bertclf.optim import make_optimizer
+from bertclf.tokens import make_dataset, steps_per_epoch, token_ids
+
+
+@dataclass
+class TrainResult:
+    """What one run produced: the curves, the chosen epoch, test metrics and the model."""
+
+    config: TrainConfig
+    encoder: EncoderSpec
+    class_names: list[str]
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based; its weights are the model's
+    test_loss: float
+    test_accuracy: float
+    train_seconds: float
+    data: dict = field(default_factory=dict)
+    model: tf.keras.Model | None = field(default=None, repr=False)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.history["val_accuracy"][self.best_epoch - 1]
+
+    @property
+    def val_loss(self) -> float:
+        return self.history["val_loss"][self.best_epoch - 1]
+
+    def metrics(self) -> dict:
+        """Everything but the model, as plain JSON-able values (metrics.json)."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history["loss"]),
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+            "train_seconds": self.train_seconds,
+            "class_names": self.class_names,
+            "history": self.history,
+            "params": asdict(self.config),
+            "encoder": asdict(self.encoder),
+            "data": self.data,
+        }
+
+
+def use_jit(config: TrainConfig) -> bool:
+    """XLA compilation: as configured, else on when a GPU is present."""
+    if config.jit_compile is not None:
+        return config.jit_compile
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def train(config: TrainConfig, *, dataset: Dataset | None = None,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+          verbose: int | str = "auto") -> TrainResult:
+    """Fine-tune one classifier. `dataset` skips loading; `callbacks` see every epoch."""
+    config.validate()
+    spec = get_encoder(config.encoder, config.encoder_map)
+    if dataset is None:
+        dataset = load_dataset(config.data, text_column=config.text_column,
+                               label_column=config.label_column,
+                               val_fraction=config.val_fraction,
+                               max_examples=config.max_examples, seed=config.seed)
+    tf.keras.utils.set_random_seed(config.seed)
+
+    splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)
+              for name in ("train", "validation", "test")}
+    eval_batch = config.eval_batch_size or 4 * config.batch_size
+    train_ds = make_dataset(splits["train"], config.batch_size, config.seq_len,
+                            bucket=config.bucket, shuffle=True, seed=config.seed)
+    val_ds, test_ds = (make_dataset(splits[n], eval_batch, config.seq_len, bucket=config.bucket)
+                       for n in ("validation", "test"))
+    steps = steps_per_epoch(splits["train"], config.batch_size, config.seq_len, config.bucket)
+
+    num_classes = len(dataset.class_names)
+    model = build_classifier(spec, num_classes, config.dropout)
+    loss, metric = loss_and_metric(num_classes)
+    optimizer = make_optimizer(lr=config.lr, lr_schedule=config.lr_schedule,
+                               warmup_fraction=config.warmup_fraction,
+                               weight_decay=config.weight_decay,
+                               wd_schedule=config.wd_schedule, total_steps=steps * config.epochs)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_jit(config))
+
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                            restore_best_weights=True)
+    started = time.perf_counter()
+    fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose,
+                    callbacks=[tf.keras.callbacks.TerminateOnNaN(), best, *callbacks])
+    train_seconds = time.perf_counter() - started
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    if any(not np.isfinite(v) for v in history.get("loss", [])) or not history.get("val_loss"):
+        raise TrainingError(f"training loss became NaN after {len(history.get('loss', []))} "
+                            f"epoch(s) at lr={config.lr}: lower the learning rate")
+
+    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+    return TrainResult(
+        config=config, encoder=spec, class_names=list(dataset.class_names), history=history,
+        best_epoch=best.best_epoch + 1, test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy), train_seconds=train_seconds,
+        data={"source": dataset.source, "notes": list(dataset.notes),
+              **{f"{name}_examples": len(split) for name, split in splits.items()}},
+        model=model,
+    )

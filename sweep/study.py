@@ -1,0 +1,59 @@
+"""The Optuna side: storage (SQLite file by default, RDB URL or journal file), study, pruner."""
+
+from __future__ import annotations
+
+import optuna
+
+from bertclf.errors import UserError
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 30
+
+
+def open_storage(url: str,
+                 heartbeat: int | None = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats (dead workers' trials are found and failed), or a
+    journal file for paths ending in .log/.journal."""
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        backend = optuna.storages.journal.JournalFileBackend(url)
+        return optuna.storages.JournalStorage(backend)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    kwargs = {"heartbeat_interval": heartbeat, "grace_period": GRACE_SECONDS} if heartbeat else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as e:
+        raise UserError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0]}") from None
+
+
+def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+    """Hyperband or median pruning on per-epoch validation accuracy, or none."""
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, *, pruner: str = "hyperband",
+               sampler_seed: int = 0) -> optuna.Study:
+    """Create the study or continue it; the sampler's seed moves on with the trial count so
+    a continued study does not propose the first run's points again."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                load_if_exists=True, pruner=make_pruner(pruner))
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials))
+    return study
+
+
+def load_existing_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load a study by name (the only one if `name` is None); UserError if there is none."""
+    names = optuna.get_all_study_names(storage)
+    if name is None:
+        if len(names) != 1:
+            raise UserError("no study in the storage" if not names else
+                            f"several studies, pick one with --study: {', '.join(names)}")
+        name = names[0]
+    if name not in names:
+        listed = f" (studies: {', '.join(names)})" if names else " (the storage has none)"
+        raise UserError(f"no study named {name!r}{listed}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,137 @@
+"""The work of one trial: fine-tune, then log curves, metrics, plots and the model to its run.
+
+It runs in a child process by default (TensorFlow does not give memory back between
+models) or in the sweep's own process for debugging; the result, a pruning decision or
+an error goes back to the parent either way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import signal
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from bertclf.data import Dataset
+
+MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
+PIP_REQUIREMENTS = ["tensorflow==2.21.0", "tensorflow-text==2.21.1", "pandas", "numpy"]
+
+
+class TrialFailed(RuntimeError):
+    """The trial raised or its process died; the message says why."""
+
+
+@dataclass
+class TrialJob:
+    """Everything a trial process needs: no live objects, so it pickles."""
+
+    config: dict
+    dataset: Dataset
+    run_id: str
+    tracking_uri: str
+    storage_url: str
+    study_name: str
+    trial_id: int
+
+
+def _epoch_logger(client, run_id: str):
+    import tensorflow as tf
+
+    from sweep.tracking import log_metrics
+
+    class EpochLogger(tf.keras.callbacks.Callback):
+        """Per-epoch loss/accuracy (train and validation) with the epoch as step."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            log_metrics(client, run_id, logs or {}, step=epoch + 1)
+
+    return EpochLogger()
+
+
+def _log_model(job: TrialJob, saved_model: Path) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(job.tracking_uri)
+    with mlflow.start_run(run_id=job.run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
+                                       artifacts={"saved_model": str(saved_model)},
+                                       pip_requirements=PIP_REQUIREMENTS)
+    return info.model_uri
+
+
+def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
+    """Train the job's config with pruning and per-epoch logging; log everything to the run."""
+    from mlflow.tracking import MlflowClient
+    from optuna_integration import TFKerasPruningCallback
+
+    from bertclf.artifacts import save_run
+    from bertclf.config import TrainConfig
+    from bertclf.train import train
+    from sweep.study import open_storage
+    from sweep.tracking import log_metrics
+
+    if trial is None:
+        study = optuna.load_study(study_name=job.study_name,
+                                  storage=open_storage(job.storage_url, heartbeat=None))
+        trial = optuna.trial.Trial(study, job.trial_id)
+    client = MlflowClient(job.tracking_uri)
+    callbacks = [_epoch_logger(client, job.run_id), TFKerasPruningCallback(trial, "val_accuracy")]
+    result = train(TrainConfig(**job.config), dataset=job.dataset, callbacks=callbacks)
+
+    outcome = {"val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+               "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+               "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    log_metrics(client, job.run_id, outcome)
+    with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
+        paths = save_run(result, tmp)
+        for name in ("metrics", "curves"):
+            client.log_artifact(job.run_id, str(paths[name]))
+        outcome["model_uri"] = _log_model(job, paths["saved_model"])
+    return outcome
+
+
+def _child_main(job: TrialJob, connection) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        connection.send(("ok", run_job(job)))
+    except optuna.TrialPruned as e:
+        connection.send(("pruned", str(e)))
+    except BaseException as e:  # everything must reach the parent, not just Exceptions
+        traceback.print_exc()
+        connection.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_in_child(job: TrialJob) -> dict:
+    """Run the job in a fresh spawned process; raise TrialPruned or TrialFailed as it did."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child_main, args=(job, sender), daemon=True)
+    process.start()
+    sender.close()  # so recv() sees EOF if the child dies without answering
+    try:
+        message = receiver.recv()
+    except EOFError:
+        message = None
+    except BaseException:  # Ctrl-C: stop the trial's process before giving up the trial
+        process.kill()
+        process.join()
+        raise
+    process.join()
+    if message is None:
+        code = process.exitcode
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        raise TrialFailed(f"trial process died ({how}), e.g. out of memory")
+    kind, payload = message
+    if kind == "pruned":
+        raise optuna.TrialPruned(payload)
+    if kind == "error":
+        raise TrialFailed(payload)
+    return payload
