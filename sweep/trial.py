@@ -12,6 +12,7 @@ import resource
 import signal
 import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def _log_model(job: TrialJob, saved_model: Path) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(job.tracking_uri)
+    # The model takes a column of raw strings; MLflow's type-hint advice does not apply.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     with mlflow.start_run(run_id=job.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
                                        artifacts={"saved_model": str(saved_model)},
