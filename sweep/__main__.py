@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
           f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
     sweep = Sweep(experiment, study, tracker, args.storage, in_process=args.in_process)
     tracker.open_parent(str(experiment.path))
+    # A scheduler's SIGTERM ends the sweep as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sweep.run(trials, timeout)
     except KeyboardInterrupt:

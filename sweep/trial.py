@@ -7,6 +7,8 @@ an error goes back to the parent either way.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import resource
 import signal
@@ -100,7 +102,17 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
     return outcome
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process if the sweep process dies (even SIGKILLed)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child_main(job: TrialJob, connection) -> None:
+    _die_with_parent()
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
