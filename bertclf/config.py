@@ -21,6 +21,9 @@ class TrainConfig:
     text_column: str = "text"
     label_column: str = "label"
     max_examples: int | None = None
+    max_train_examples: int | None = None  # None: max_examples
+    max_val_examples: int | None = None
+    max_test_examples: int | None = None
     val_fraction: float = 0.2
     seq_len: int = 128
     batch_size: int = 32
@@ -51,7 +54,8 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be 0 or more"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
-            (self.max_examples is None or self.max_examples >= 2, "max_examples must be >= 2"),
+            *[(cap is None or cap >= 2, "max_examples must be >= 2")
+              for cap in self.example_caps().values()],
             (self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.wd_schedule in WD_SCHEDULES,
@@ -69,3 +73,9 @@ class TrainConfig:
         if unknown:
             raise UserError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
+
+    def example_caps(self) -> dict[str, int | None]:
+        """The stratified sample size of each split (None: the whole split)."""
+        caps = {"train": self.max_train_examples, "validation": self.max_val_examples,
+                "test": self.max_test_examples}
+        return {split: self.max_examples if cap is None else cap for split, cap in caps.items()}

@@ -78,7 +78,7 @@ def load_dataset(
     label_column: str = "label",
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
-    max_examples: int | None = None,
+    max_examples: int | dict[str, int | None] | None = None,
     seed: int = 42,
 ) -> Dataset:
     """Load 'imdb' (downloaded; write ./imdb for a folder of that name), a folder,
@@ -87,15 +87,18 @@ def load_dataset(
     Folders hold train/ (and optionally test/) with one sub-folder of .txt files per class,
     or the class sub-folders directly, or train.* (and optionally validation.*, test.*) tables.
     A missing test split is carved out of train (test_fraction); a missing validation split
-    always is (val_fraction). max_examples caps each split by a stratified sample.
+    always is (val_fraction). max_examples caps each split by a stratified sample; a dict
+    {"train": N, "validation": M, "test": K} caps each split differently (None: no cap).
     """
     _check_options(val_fraction, test_fraction, max_examples, seed)
     notes: list[str] = []
     name, raws = _read_source(source, text_column, label_column, notes)
     splits, class_names = _encode_splits(raws, notes)
     splits = _carve_missing(splits, raws["train"].where, val_fraction, test_fraction, seed, notes)
-    if max_examples is not None:
-        splits = _sample_splits(splits, max_examples, seed, notes)
+    caps = max_examples if isinstance(max_examples, dict) else dict.fromkeys(
+        SPLIT_NAMES, max_examples)
+    if any(cap is not None for cap in caps.values()):
+        splits = _sample_splits(splits, caps, seed, notes)
     shuffled = {k: _subset(s, _rng(seed, _SHUFFLE_STREAM, k).permutation(len(s)))
                 for k, s in splits.items()}
     return Dataset(shuffled["train"], shuffled["validation"], shuffled["test"],
@@ -345,13 +348,16 @@ def _carve(split: Split, fraction: float, rng: np.random.Generator) -> tuple[Spl
     return _subset(split, picked), _subset(split, rest)
 
 
-def _sample_splits(splits: dict[str, Split], max_examples: int, seed: int,
+def _sample_splits(splits: dict[str, Split], caps: dict[str, int | None], seed: int,
                    notes: list[str]) -> dict[str, Split]:
-    sampled = {name: _subset(split, _stratified_pick(split.labels, max_examples,
-                                                     _rng(seed, _SAMPLE_STREAM, name)))
+    sampled = {name: split if caps.get(name) is None else
+               _subset(split, _stratified_pick(split.labels, caps[name],
+                                               _rng(seed, _SAMPLE_STREAM, name)))
                for name, split in splits.items()}
     sizes = "/".join(str(len(sampled[name])) for name in SPLIT_NAMES)
-    notes.append(f"max_examples={max_examples}: sampled train/validation/test down to {sizes}"
+    limits = set(caps.values())
+    limits = limits.pop() if len(limits) == 1 else "/".join(str(caps[n]) for n in SPLIT_NAMES)
+    notes.append(f"max_examples={limits}: sampled train/validation/test down to {sizes}"
                  f" (stratified, seed {seed})")
     return sampled
 
@@ -392,12 +398,13 @@ def _rng(seed: int, stream: int, split: str = "") -> np.random.Generator:
     return np.random.default_rng([seed, stream, SPLIT_NAMES.index(split) if split else 0])
 
 
-def _check_options(val_fraction: float, test_fraction: float, max_examples: int | None,
-                   seed: int) -> None:
+def _check_options(val_fraction: float, test_fraction: float,
+                   max_examples: int | dict[str, int | None] | None, seed: int) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise DataError(f"{name} must be at least 0 and below 1, got {value}")
-    if max_examples is not None and max_examples < 1:
+    caps = max_examples.values() if isinstance(max_examples, dict) else [max_examples]
+    if any(cap is not None and cap < 1 for cap in caps):
         raise DataError(f"max_examples must be at least 1, got {max_examples}")
     if seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")

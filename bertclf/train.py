@@ -77,7 +77,7 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
         dataset = load_dataset(config.data, text_column=config.text_column,
                                label_column=config.label_column,
                                val_fraction=config.val_fraction,
-                               max_examples=config.max_examples, seed=config.seed)
+                               max_examples=config.example_caps(), seed=config.seed)
     tf.keras.utils.set_random_seed(config.seed)
 
     splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)

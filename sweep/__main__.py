@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sweep: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from bertclf.config import TrainConfig
 from bertclf.encoders import load_map
 from bertclf.errors import UserError
 
-DATA_KEYS = {"path", "max_examples", "text_column", "label_column", "val_fraction"}
+DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
+             "max_test_examples", "text_column", "label_column", "val_fraction"}
 STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler_seed", "name"}
 PRUNERS = ("hyperband", "median", "none")
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - DATA_KEYS - {"data"}

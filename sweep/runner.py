@@ -35,7 +35,7 @@ class Sweep:
         self.dataset = load_dataset(base.data, text_column=base.text_column,
                                     label_column=base.label_column,
                                     val_fraction=base.val_fraction,
-                                    max_examples=base.max_examples, seed=base.seed)
+                                    max_examples=base.example_caps(), seed=base.seed)
         sizes = {n: len(getattr(self.dataset, n)) for n in ("train", "validation", "test")}
         print(f"sweep: data {_short(sizes)} classes={self.dataset.class_names}", flush=True)
 

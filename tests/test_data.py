@@ -419,3 +419,13 @@ def test_imdb_archive_sampled(imdb, monkeypatch):
                            (dataset.test, full.test)):
         assert class_counts(sampled) == [100, 100]
         assert set(sampled.texts) <= set(whole.texts)
+
+
+def test_max_examples_per_split(tmp_path):
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        write_classes(root / split, {"neg": 20, "pos": 20})
+    dataset = load_dataset(root, max_examples={"train": 10, "validation": None, "test": 4})
+    assert len(dataset.train) == 10 and len(dataset.test) == 4
+    assert len(dataset.validation) == 8  # 20% of the 40 training files, not capped
+    assert sorted(np.bincount(dataset.test.labels)) == [2, 2]
