@@ -48,11 +48,13 @@ def _run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment, data_override=args.data)
     name = args.study or experiment.study_name
     storage = open_storage(args.storage)
-    study = open_study(name, storage, pruner=experiment.pruner,
-                       sampler_seed=args.seed if args.seed is not None else experiment.sampler_seed)
+    if args.workers > 1 and args.in_process:
+        raise UserError("--in-process runs one trial at a time: drop --workers")
+    seed = args.seed if args.seed is not None else experiment.sampler_seed
+    study, created = open_study(name, storage, pruner=experiment.pruner, sampler_seed=seed)
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
-    tracker = Tracker(args.tracking_uri, study)
+    tracker = Tracker(args.tracking_uri, study, created)
     fixed = tracker.reconcile()
     if fixed:
         print(f"sweep: ended {fixed} run(s) left RUNNING by a dead worker as FAILED")
@@ -66,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     # A scheduler's SIGTERM ends the sweep as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        sweep.run(trials, timeout)
+        sweep.run(trials, timeout, workers=args.workers)
     except KeyboardInterrupt:
         tracker.reconcile()
         tracker.close_parent("KILLED")
@@ -99,8 +101,9 @@ def _fixed(trial) -> dict:
 
 
 def _load(args: argparse.Namespace):
-    from sweep.study import load_existing_study, open_storage
+    from sweep.study import check_storage_exists, load_existing_study, open_storage
 
+    check_storage_exists(args.storage)
     return load_existing_study(args.study, open_storage(args.storage, heartbeat=None))
 
 
@@ -186,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data path overriding the experiment's")
     run.add_argument("--timeout", type=float, help="time budget in minutes")
     run.add_argument("--seed", type=int, help="sampler seed")
+    run.add_argument("--workers", type=int, default=1,
+                     help="trial processes running at once (the --trials total is exact)")
     run.add_argument("--in-process", action="store_true",
                      help="run trials in this process (debugging; memory grows)")
     _stores(run)
@@ -214,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
-    if getattr(args, "trials", None) is not None and args.trials < 1:
-        print("sweep: error: --trials must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("trials", "workers"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            print(f"sweep: error: --{flag} must be at least 1", file=sys.stderr)
+            return 2
     try:
         return args.run(args)
     except UserError as e:

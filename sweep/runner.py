@@ -80,11 +80,12 @@ class Sweep:
         print(line, flush=True)
         self.tracker.log_best(step=trial.number)
 
-    def run(self, trials: int, timeout_seconds: float | None = None) -> None:
-        """Run `trials` more trials (or until the time budget is spent)."""
+    def run(self, trials: int, timeout_seconds: float | None = None, workers: int = 1) -> None:
+        """Run exactly `trials` more trials (fewer if the time budget runs out), `workers`
+        trial processes at a time."""
         started = time.perf_counter()
         self.study.optimize(self.objective, n_trials=trials, timeout=timeout_seconds,
-                            catch=(Exception,), callbacks=[self.after_trial],
+                            n_jobs=workers, catch=(Exception,), callbacks=[self.after_trial],
                             gc_after_trial=False)
         print(f"sweep: {trials} trial(s) requested, done in "
               f"{time.perf_counter() - started:.0f}s", flush=True)

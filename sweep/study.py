@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 
 from bertclf.errors import UserError
@@ -36,13 +38,28 @@ def make_pruner(kind: str) -> optuna.pruners.BasePruner:
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, *, pruner: str = "hyperband",
-               sampler_seed: int = 0) -> optuna.Study:
-    """Create the study or continue it; the sampler's seed moves on with the trial count so
-    a continued study does not propose the first run's points again."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                load_if_exists=True, pruner=make_pruner(pruner))
+               sampler_seed: int = 0) -> tuple[optuna.Study, bool]:
+    """Create the study or continue it, and say whether this call created it (exactly one
+    of several workers starting at once does). The sampler's seed moves on with the trial
+    count so that a continued study does not propose the first run's points again."""
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                    pruner=make_pruner(pruner))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner))
+        created = False
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials))
-    return study
+    return study, created
+
+
+def check_storage_exists(url: str) -> None:
+    """For commands that only read: a SQLite or journal file must already exist."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (
+        url if "://" not in url else None)
+    if path is not None and not Path(path).is_file():
+        raise UserError(f"no Optuna storage at {url}: run `python -m sweep run` first, "
+                        "or pass --storage")
 
 
 def load_existing_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -19,6 +19,7 @@ from bertclf.errors import UserError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
+PARENT_WAIT_SECONDS = 30
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
@@ -33,7 +34,7 @@ def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float],
 class Tracker:
     """MLflow runs for one study: opens (or reopens) the parent, makes and ends child runs."""
 
-    def __init__(self, tracking_uri: str, study: optuna.Study):
+    def __init__(self, tracking_uri: str, study: optuna.Study, created: bool = True):
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.study = study
@@ -44,10 +45,17 @@ class Tracker:
         except Exception as e:
             raise UserError(f"cannot use MLflow tracking at {tracking_uri}: "
                             f"{str(e).splitlines()[0][:300]}") from None
-        self.parent_run_id = self._parent_run()
+        self.parent_run_id = self._parent_run(created)
 
-    def _parent_run(self) -> str:
-        run_id = self.study.user_attrs.get(PARENT_RUN_ATTR)
+    def _parent_run(self, created: bool) -> str:
+        # Of several workers starting a new study at once, the one that created the study
+        # makes the parent run; the others wait for its id to appear.
+        deadline = time.monotonic() + (0 if created else PARENT_WAIT_SECONDS)
+        while True:
+            run_id = self.study.user_attrs.get(PARENT_RUN_ATTR)  # read afresh each time
+            if run_id or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         if run_id:
             try:
                 if self.client.get_run(run_id).info.lifecycle_stage == "active":
