@@ -304,17 +304,39 @@ class _SpecialTokens(tf.Module):
 class _Tokenize(tf.Module):
     """Callable sub-object: strings [B] -> int32 RaggedTensor [B, words, wordpieces]."""
 
-    def __init__(self, tokenizer: text.BertTokenizer, special: dict[str, int]):
+    def __init__(self, tokenizer: text.BertTokenizer, special: dict[str, int], normalize=None):
         super().__init__()
         self.tokenizer = tokenizer
         self.get_special_tokens_dict = _SpecialTokens(special)
         self.__call__ = tf.function(
-            lambda strings: _tokenize(tokenizer, strings),
+            lambda strings: _tokenize(tokenizer, strings, normalize),
             input_signature=[tf.TensorSpec([None], tf.string)],
         )
 
 
-def _tokenize(tokenizer: text.BertTokenizer, strings: tf.Tensor) -> tf.RaggedTensor:
+def _bert_normalizer(lower_case: bool):
+    """Text normalisation of Google's BERT tokenizer (and Hugging Face's BertNormalizer).
+
+    TF Text's lower_case=True case-folds with NFKC (so "½" -> "1⁄2", "…" -> "...", "ß" -> "ss",
+    "´" -> " ") and turns control characters into spaces; BERT deletes control characters,
+    maps Unicode spaces (Z*) to " ", and lower-cases with NFD accent stripping only.
+    """
+
+    def normalize(strings: tf.Tensor) -> tf.Tensor:
+        strings = tf.strings.regex_replace(strings, r"[^\t\n\r\P{C}]|\x{FFFD}", "")
+        strings = tf.strings.regex_replace(strings, r"\p{Z}", " ")
+        if lower_case:
+            strings = text.normalize_utf8(strings, "NFD")
+            strings = tf.strings.regex_replace(strings, r"\p{Mn}", "")
+            strings = tf.strings.lower(strings, encoding="utf-8")
+        return strings
+
+    return normalize
+
+
+def _tokenize(tokenizer: text.BertTokenizer, strings: tf.Tensor, normalize=None):
+    if normalize is not None:
+        strings = normalize(strings)
     tokens = tokenizer.tokenize(strings)
     return tokens.with_flat_values(tf.cast(tokens.flat_values, tf.int32))
 
@@ -342,18 +364,27 @@ class _PackInputs(tf.Module):
 class _Preprocessor(tf.Module):
     """Root of the preprocessing SavedModel: strings [B] -> BERT inputs [B, seq_length]."""
 
-    def __init__(self, vocab_file: Path, lower_case: bool, default_seq_length: int):
+    def __init__(
+        self,
+        vocab_file: Path,
+        lower_case: bool,
+        default_seq_length: int,
+        normalization: str = "tf_text",
+    ):
         super().__init__()
         vocab = vocab_file.read_text(encoding="utf-8").splitlines()
         special = _special_ids(vocab)
+        normalize = _bert_normalizer(lower_case) if normalization == "bert" else None
         # Built from the file path, so the lookup table's initializer saves it as an asset.
         tokenizer = text.BertTokenizer(
-            str(vocab_file), lower_case=lower_case, token_out_type=tf.int64
+            str(vocab_file), lower_case=lower_case and normalize is None, token_out_type=tf.int64
         )
-        self.tokenize = _Tokenize(tokenizer, special)
+        self.tokenize = _Tokenize(tokenizer, special, normalize)
         self.bert_pack_inputs = _PackInputs(special, default_seq_length)
         self.__call__ = tf.function(
-            lambda strings: _pack([_tokenize(tokenizer, strings)], default_seq_length, special),
+            lambda strings: _pack(
+                [_tokenize(tokenizer, strings, normalize)], default_seq_length, special
+            ),
             input_signature=[tf.TensorSpec([None], tf.string)],
         )
 
@@ -364,12 +395,20 @@ def save_preprocessor(
     *,
     lower_case: bool = True,
     default_seq_length: int = 128,
+    normalization: str = "tf_text",
 ) -> None:
-    """Write a TF Hub BERT preprocessing SavedModel (root call, .tokenize, .bert_pack_inputs)."""
+    """Write a TF Hub BERT preprocessing SavedModel (root call, .tokenize, .bert_pack_inputs).
+
+    ``normalization``: "tf_text" normalises as TF Text's BertTokenizer and TF Hub's BERT
+    preprocessors do; "bert" as Google's original BERT tokenizer and Hugging Face's
+    BertWordPieceTokenizer do (for vocabularies and checkpoints trained with those).
+    """
     vocab_file = Path(vocab_file)
     if not vocab_file.is_file():
         raise FileNotFoundError(f"vocab file {vocab_file} does not exist")
-    model = _Preprocessor(vocab_file, lower_case, default_seq_length)
+    if normalization not in ("tf_text", "bert"):
+        raise ValueError(f"normalization must be 'tf_text' or 'bert', not {normalization!r}")
+    model = _Preprocessor(vocab_file, lower_case, default_seq_length, normalization)
     tf.saved_model.save(model, str(path))
 
 
