@@ -1,4 +1,4 @@
-"""Command line: `python -m bertclf train|predict|encoders`."""
+"""Command line: `python -m bertclf train|predict|import-hf|encoders`."""
 
 from __future__ import annotations
 
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_dir", help="an exported saved_model/ folder")
     predict.add_argument("texts", nargs="+", help="texts to classify")
     predict.set_defaults(run=_predict)
+
+    from bertclf.hf_import import add_import_command
+
+    add_import_command(commands)
 
     encoders = commands.add_parser("encoders", help="list the encoder map")
     encoders.add_argument("--encoder-map", help="a TOML file adding to the map")

@@ -83,16 +83,30 @@ def get_encoder(name: str, map_path: str | Path | None = None) -> EncoderSpec:
     return specs[name]
 
 
+def _build_tiny(dest: Path) -> tuple[Path, Path]:
+    from bertclf.hub_models import build_tiny
+
+    return build_tiny(dest)
+
+
+def _import_minilm(dest: Path) -> tuple[Path, Path]:
+    from bertclf.hf_import import import_checkpoint, minilm_checkpoint
+
+    return import_checkpoint(minilm_checkpoint(), dest)
+
+
+# builtin:NAME/{encoder,preprocess} -> what writes NAME's two SavedModels into a folder
+BUILTIN_MODELS = {"tiny": _build_tiny, "minilm": _import_minilm}
+
+
 def resolve_handle(handle: str) -> str:
     """A handle hub.load can take: builds `builtin:` models, checks local folders exist."""
     if handle.startswith("builtin:"):
         model, _, part = handle.removeprefix("builtin:").partition("/")
-        if model != "tiny" or part not in ("encoder", "preprocess"):
-            raise EncoderError(f"unknown built-in handle {handle!r}: only builtin:tiny/encoder "
-                               "and builtin:tiny/preprocess exist")
-        from bertclf.hub_models import build_tiny
-
-        encoder_dir, preprocess_dir = build_tiny(cache_dir() / "models" / "tiny")
+        if model not in BUILTIN_MODELS or part not in ("encoder", "preprocess"):
+            raise EncoderError(f"unknown built-in handle {handle!r}: built-in models are "
+                               f"{', '.join(BUILTIN_MODELS)}, parts encoder and preprocess")
+        encoder_dir, preprocess_dir = BUILTIN_MODELS[model](cache_dir() / "models" / model)
         return str(encoder_dir if part == "encoder" else preprocess_dir)
     if "://" not in handle and not (Path(handle) / "saved_model.pb").is_file():
         raise EncoderError(f"encoder handle {handle}: not a SavedModel folder "
