@@ -51,16 +51,16 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bertclf.artifacts import prepare_out_dir, save_run
+    from bertclf.artifacts import check_out_dir, save_run
     from bertclf.config import TrainConfig
     from bertclf.train import train
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "run", "out", "force")}
     config = TrainConfig.from_dict(options)
     config.validate()
-    out = prepare_out_dir(args.out, force=args.force)
+    check_out_dir(args.out, force=args.force)  # fail now, not after training
     result = train(config)
-    paths = save_run(result, out)
+    paths = save_run(result, args.out, force=args.force)
     print(f"best epoch {result.best_epoch}: val_accuracy {result.val_accuracy:.4f}, "
           f"test_accuracy {result.test_accuracy:.4f}, test_loss {result.test_loss:.4f}")
     for name, path in paths.items():

@@ -110,16 +110,17 @@ def _load(args: argparse.Namespace):
 def _export(study, trial, out: Path, force: bool, tracking_uri: str) -> None:
     import mlflow
 
-    from bertclf.artifacts import prepare_out_dir
+    from bertclf.artifacts import check_out_dir, make_out_dir
 
     model_uri = trial.user_attrs.get("model_uri")
     if not model_uri:
         raise UserError(f"trial {trial.number} has no logged model to export")
-    out = prepare_out_dir(out, force=force)
+    check_out_dir(out, force)
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="sweep-export-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        shutil.copytree(local / "artifacts" / "saved_model", out, dirs_exist_ok=True)
+        shutil.copytree(local / "artifacts" / "saved_model", make_out_dir(out, force),
+                        dirs_exist_ok=True)
     check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(out)],
                            capture_output=True, text=True)
     if check.returncode != 0:

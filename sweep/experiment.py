@@ -158,7 +158,7 @@ def _resolve_encoders(path: Path, space: dict[str, Any]) -> None:
     """Expand `encoder = "all"` to the whole map and check every named encoder exists."""
     encoder_map = space.get("encoder_map")
     known = load_map(encoder_map if isinstance(encoder_map, str) else None)
-    if space.get("encoder") in ("all", ["all"]):
+    if space.get("encoder") in ("all", ["all"]):  # the notebook's map: TF Hub models
         space["encoder"] = [n for n, spec in known.items()
                             if not spec.encoder.startswith("builtin:")]
     for name in _candidates(space.get("encoder", "tiny")):
