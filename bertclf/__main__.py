@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from bertclf.errors import TrainingError, UserError
 
@@ -51,15 +52,27 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bertclf.artifacts import check_out_dir, save_run
     from bertclf.config import TrainConfig
-    from bertclf.train import train
+    from bertclf.data import load_dataset
+    from bertclf.encoders import get_encoder
+    from bertclf.outdir import check_out_dir
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "run", "out", "force")}
     config = TrainConfig.from_dict(options)
     config.validate()
-    check_out_dir(args.out, force=args.force)  # fail now, not after training
-    result = train(config)
+    # Every user error is found here, before training (and before TensorFlow loads).
+    check_out_dir(args.out, args.force)
+    get_encoder(config.encoder, config.encoder_map)
+    dataset = load_dataset(config.data, text_column=config.text_column,
+                           label_column=config.label_column, val_fraction=config.val_fraction,
+                           max_examples=config.example_caps(), seed=config.seed)
+    for note in dataset.notes:
+        print(f"data: {note}")
+
+    from bertclf.artifacts import save_run
+    from bertclf.train import train
+
+    result = train(config, dataset=dataset)
     paths = save_run(result, args.out, force=args.force)
     print(f"best epoch {result.best_epoch}: val_accuracy {result.val_accuracy:.4f}, "
           f"test_accuracy {result.test_accuracy:.4f}, test_loss {result.test_loss:.4f}")
@@ -68,6 +81,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    if not (Path(args.model_dir) / "saved_model.pb").is_file():
+        raise UserError(f"{args.model_dir}: not an exported model (no saved_model.pb); pass "
+                        "the saved_model/ folder that `bertclf train` wrote")
     from bertclf.export import predict
 
     for name, probability in predict(args.model_dir, args.texts):

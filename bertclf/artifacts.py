@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from bertclf.errors import UserError
 from bertclf.export import export_model
+from bertclf.outdir import make_out_dir
 from bertclf.report import plot_curves, write_metrics
 from bertclf.train import TrainResult
-
-
-def check_out_dir(path: str | Path, force: bool = False) -> Path:
-    """Check that `path` can receive a run's files, creating nothing: it must be a new or
-    empty folder (or any folder with `force`) whose nearest existing parent is writable."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output folder {path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise UserError(f"output folder {path}: exists and is not empty "
-                        "(choose another or pass --force to replace it)")
-    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {path}: {existing} is not a writable folder")
-    return path
-
-
-def make_out_dir(path: str | Path, force: bool = False) -> Path:
-    """Create the output folder checked by `check_out_dir`, emptying it first with `force`."""
-    path = check_out_dir(path, force)
-    if force and path.is_dir():
-        shutil.rmtree(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"output folder {path}: cannot create it ({e.strerror})") from None
-    return path
 
 
 def save_run(result: TrainResult, out_dir: str | Path, force: bool = False) -> dict[str, Path]:

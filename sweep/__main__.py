@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace):
 def _export(study, trial, out: Path, force: bool, tracking_uri: str) -> None:
     import mlflow
 
-    from bertclf.artifacts import check_out_dir, make_out_dir
+    from bertclf.outdir import check_out_dir, make_out_dir
 
     model_uri = trial.user_attrs.get("model_uri")
     if not model_uri:
