@@ -60,6 +60,30 @@ class TrainResult:
         }
 
 
+class StepProgress(tf.keras.callbacks.Callback):
+    """A progress line every `every` seconds within an epoch (for logs, where Keras' bar
+    would only print at the end of each epoch)."""
+
+    def __init__(self, steps: int, every: float = 60.0):
+        super().__init__()
+        self.steps, self.every = steps, every
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started = epoch + 1, time.perf_counter()
+        self.last = self.started
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last, done = now, batch + 1
+        eta = (now - self.started) / done * (self.steps - done)
+        values = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
+        print(f"epoch {self.epoch}: step {done}/{self.steps} {values} "
+              f"({done / (now - self.started):.2f} steps/s, about {eta / 60:.0f} min left)",
+              flush=True)
+
+
 def use_jit(config: TrainConfig) -> bool:
     """XLA compilation: as configured, else on when a GPU is present."""
     if config.jit_compile is not None:
@@ -98,19 +122,23 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
                                wd_schedule=config.wd_schedule, total_steps=steps * config.epochs)
     model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_jit(config))
 
+    progress = []
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+        if verbose == 2:  # logs and pipes get a line a minute instead of a progress bar
+            progress = [StepProgress(steps)]
     best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                             restore_best_weights=True)
     started = time.perf_counter()
     fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose,
-                    callbacks=[tf.keras.callbacks.TerminateOnNaN(), best, *callbacks])
+                    callbacks=[tf.keras.callbacks.TerminateOnNaN(), best, *progress, *callbacks])
     train_seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     if any(not np.isfinite(v) for v in history.get("loss", [])) or not history.get("val_loss"):
         raise TrainingError(f"training loss became NaN after {len(history.get('loss', []))} "
                             f"epoch(s) at lr={config.lr}: lower the learning rate")
 
+    print(f"evaluating on {len(splits['test'])} test examples", flush=True)
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     return TrainResult(
         config=config, encoder=spec, class_names=list(dataset.class_names), history=history,
