@@ -46,7 +46,10 @@ def export_model(classifier: tf.keras.Model, spec: EncoderSpec, class_names: lis
                  seq_len: int, path: str | Path, card: dict | None = None) -> Path:
     """Save the raw-text SavedModel at `path` with a JSON card in `assets.extra/`."""
     path = Path(path)
-    module = TextClassifier(load_preprocessor(spec), classifier, seq_len, class_names)
+    # A fresh functional wrapper shares the weights but not the optimizer's slots, which
+    # would triple the export's size.
+    inference = tf.keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)
+    module = TextClassifier(load_preprocessor(spec), inference, seq_len, class_names)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
