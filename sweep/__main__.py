@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bertclf.__main__ import ArgumentParser
 from bertclf.errors import UserError
-from sweep.study import DEFAULT_STORAGE
+from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.experiment, data_override=args.data)
     name = args.study or experiment.study_name
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat)
     if args.workers > 1 and args.in_process:
         raise UserError("--in-process runs one trial at a time: drop --workers")
     seed = args.seed if args.seed is not None else experiment.sampler_seed
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="sampler seed")
     run.add_argument("--workers", type=int, default=1,
                      help="trial processes running at once (the --trials total is exact)")
+    run.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
+                     help="seconds between a running trial's heartbeats; a trial silent for "
+                          "3 of them is taken as dead (its worker crashed) and failed")
     run.add_argument("--in-process", action="store_true",
                      help="run trials in this process (debugging; memory grows)")
     _stores(run)
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
-    for flag in ("trials", "workers"):
+    for flag in ("trials", "workers", "heartbeat"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"sweep: error: --{flag} must be at least 1", file=sys.stderr)
             return 2

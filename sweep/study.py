@@ -9,8 +9,7 @@ import optuna
 from bertclf.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+HEARTBEAT_SECONDS = 10  # a running trial's pulse; after 3 missed beats it counts as dead
 
 
 def open_storage(url: str,
@@ -21,7 +20,7 @@ def open_storage(url: str,
         backend = optuna.storages.journal.JournalFileBackend(url)
         return optuna.storages.JournalStorage(backend)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    kwargs = {"heartbeat_interval": heartbeat, "grace_period": GRACE_SECONDS} if heartbeat else {}
+    kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat} if heartbeat else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as e:
