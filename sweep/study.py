@@ -10,6 +10,8 @@ from bertclf.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_SECONDS = 10  # a running trial's pulse; after 3 missed beats it counts as dead
+GRACE_BEATS = 3
+GRACE_SECONDS = GRACE_BEATS * HEARTBEAT_SECONDS  # with the default heartbeat
 
 
 def open_storage(url: str,
@@ -20,7 +22,8 @@ def open_storage(url: str,
         backend = optuna.storages.journal.JournalFileBackend(url)
         return optuna.storages.JournalStorage(backend)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat} if heartbeat else {}
+    kwargs = ({"heartbeat_interval": heartbeat, "grace_period": GRACE_BEATS * heartbeat}
+              if heartbeat else {})
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as e:
