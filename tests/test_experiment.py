@@ -1,0 +1,392 @@
+"""Experiment files: parsing, checking, the search space they give, and bad input on the CLI.
+
+Fast: nothing here trains a model.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bertclf.encoders import load_map
+from bertclf.errors import UserError
+from sweep.experiment import Range, load_experiment
+from sweep.space import suggest_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+description = "a small test sweep"
+
+[data]
+path = "data.tsv"
+max_examples = 60
+
+[search]
+encoder = ["tiny"]
+seq_len = 32
+epochs = 2
+lr = { low = 1e-3, high = 5e-3, log = true }
+batch_size = [16, 32]
+
+[study]
+pruner = "median"
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def with_line(section: str, line: str, base: str = GOOD) -> str:
+    """`base` with `line` added at the top of `[section]` ("" for the top level)."""
+    if not section:
+        return line + "\n" + base
+    header = f"[{section}]\n"
+    assert header in base, section
+    return base.replace(header, header + line + "\n", 1)
+
+
+def replaced(old: str, new: str, base: str = GOOD) -> str:
+    assert old in base, old
+    return base.replace(old, new, 1)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch) -> Path:
+    """An experiment folder with a tiny data file; the working folder is somewhere else."""
+    exp = tmp_path / "exp"
+    write(exp, "data.tsv", "text\tlabel\ngood film\tpos\nbad film\tneg\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("BERTCLF_ENCODER_MAP", raising=False)
+    return exp
+
+
+# --- good files ----------------------------------------------------------------------------
+
+
+def test_good_file_is_parsed(folder):
+    experiment = load_experiment(write(folder, "small.toml", GOOD))
+    assert experiment.space["encoder"] == ["tiny"]
+    assert experiment.space["seq_len"] == 32
+    assert experiment.space["epochs"] == 2
+    assert experiment.space["lr"] == Range(1e-3, 5e-3, log=True)
+    assert experiment.space["batch_size"] == [16, 32]
+    assert experiment.pruner == "median"
+    assert experiment.study_name == "small"  # the file's stem by default
+    assert experiment.trials >= 1
+    assert experiment.data["max_examples"] == 60
+    config = experiment.base_config(encoder="tiny", lr=1e-3)
+    config.validate()
+    assert config.max_examples == 60
+
+
+def test_study_section_values(folder):
+    text = replaced('pruner = "median"', 'pruner = "hyperband"\nname = "mine"\ntrials = 7\n'
+                    'timeout_minutes = 2.5\nsampler_seed = 11')
+    experiment = load_experiment(write(folder, "s.toml", text))
+    assert (experiment.study_name, experiment.trials, experiment.timeout_minutes,
+            experiment.pruner, experiment.sampler_seed) == ("mine", 7, 2.5, "hyperband", 11)
+
+
+def test_relative_data_path_is_resolved_against_the_file(folder):
+    experiment = load_experiment(write(folder, "small.toml", GOOD))
+    assert Path(experiment.data["path"]).is_absolute()
+    assert Path(experiment.data["path"]) == (folder / "data.tsv").resolve()
+    assert Path(experiment.base_config().data) == (folder / "data.tsv").resolve()
+
+
+def test_data_in_a_parent_folder(folder):
+    text = replaced('path = "data.tsv"', 'path = "../data.tsv"')
+    experiment = load_experiment(write(folder, "sub/deeper.toml", text))
+    assert Path(experiment.data["path"]) == (folder / "data.tsv").resolve()
+
+
+def test_data_override_replaces_the_files_path(folder, tmp_path):
+    experiment = load_experiment(write(folder, "small.toml", GOOD), data_override="other.tsv")
+    # a command-line path is the user's: relative to the working folder, not to the file
+    assert Path(experiment.data["path"]).resolve() == (tmp_path / "elsewhere" / "other.tsv")
+    assert experiment.data["max_examples"] == 60  # the rest of [data] stays
+
+
+def test_data_override_supplies_a_missing_path(folder):
+    text = replaced('path = "data.tsv"\n', "")
+    path = write(folder, "nopath.toml", text)
+    with pytest.raises(UserError, match="needs a path"):
+        load_experiment(path)
+    assert load_experiment(path, data_override="imdb").data["path"] == "imdb"
+
+
+def test_imdb_is_not_a_path(folder):
+    experiment = load_experiment(write(folder, "i.toml", replaced('"data.tsv"', '"imdb"')))
+    assert experiment.data["path"] == "imdb"
+
+
+def test_encoder_all_is_the_whole_map_without_builtins(folder):
+    experiment = load_experiment(write(folder, "all.toml", replaced('["tiny"]', '"all"')))
+    expected = [name for name, spec in load_map().items()
+                if not spec.encoder.startswith("builtin:")]
+    assert experiment.space["encoder"] == expected
+    assert "tiny" not in experiment.space["encoder"]
+    assert len(expected) > 10
+    listed = load_experiment(write(folder, "all2.toml", replaced('["tiny"]', '["all"]')))
+    assert listed.space["encoder"] == expected
+
+
+def test_encoder_all_includes_the_users_map(folder):
+    map_file = write(folder, "map.toml", '[encoders.mine]\nencoder = "enc"\npreprocess = "pre"\n')
+    text = replaced('encoder = ["tiny"]', f'encoder = "all"\nencoder_map = "{map_file}"')
+    experiment = load_experiment(write(folder, "all.toml", text))
+    assert "mine" in experiment.space["encoder"]
+    assert "tiny" not in experiment.space["encoder"]
+
+
+def test_encoder_from_a_map_file_given_by_absolute_path(folder):
+    map_file = write(folder, "map.toml", '[encoders.mine]\nencoder = "enc"\npreprocess = "pre"\n')
+    text = replaced('encoder = ["tiny"]', f'encoder = ["mine", "tiny"]\nencoder_map = "{map_file}"')
+    experiment = load_experiment(write(folder, "m.toml", text))
+    assert experiment.space["encoder"] == ["mine", "tiny"]
+
+
+def test_relative_encoder_map_is_resolved_against_the_file(folder):
+    """Like the data path, a relative encoder map must not depend on the working folder.
+
+    Library bug if this fails: sweep/experiment.py passes `encoder_map` through as written,
+    so `load_map("map.toml")` (and later the trial's TrainConfig) read it from the
+    working folder instead of the experiment file's folder.
+    """
+    write(folder, "map.toml", '[encoders.mine]\nencoder = "enc"\npreprocess = "pre"\n')
+    text = replaced('encoder = ["tiny"]', 'encoder = ["mine"]\nencoder_map = "map.toml"')
+    experiment = load_experiment(write(folder, "m.toml", text))
+    assert Path(experiment.space["encoder_map"]) == (folder / "map.toml").resolve()
+
+
+def test_a_local_encoder_folder_is_accepted(folder, tmp_path):
+    local = tmp_path / "my_encoder"
+    (local / "encoder").mkdir(parents=True)
+    (local / "preprocess").mkdir()
+    text = replaced('["tiny"]', f'["tiny", "{local}"]')
+    experiment = load_experiment(write(folder, "l.toml", text))
+    assert experiment.space["encoder"] == ["tiny", str(local)]
+
+
+# --- bad files -----------------------------------------------------------------------------
+
+BAD = {
+    "unknown top-level key": (with_line("", "colour = 1"), "unknown key(s) in [top level]: colour"),
+    "unknown [search] key": (with_line("search", "learning_rate = 1e-3"),
+                            "unknown key(s) in [search]: learning_rate"),
+    "unknown [data] key": (with_line("data", 'folder = "x"'), "unknown key(s) in [data]: folder"),
+    "unknown [study] key": (with_line("study", 'sampler = "tpe"'),
+                           "unknown key(s) in [study]: sampler"),
+    "unknown range key": (replaced("log = true", 'log = true, scale = "log"'), "scale"),
+    "lr of the wrong type": (replaced("lr = { low = 1e-3, high = 5e-3, log = true }",
+                                      'lr = "fast"'), "search.lr"),
+    "fractional batch size": (replaced("batch_size = [16, 32]", "batch_size = 1.5"),
+                              "search.batch_size"),
+    "boolean batch size": (replaced("batch_size = [16, 32]", "batch_size = true"),
+                           "search.batch_size"),
+    "string range ends": (replaced("low = 1e-3", 'low = "a"'), "must be numbers"),
+    "range without high": (replaced("lr = { low = 1e-3, high = 5e-3, log = true }",
+                                    "lr = { low = 1e-3 }"), "low and high"),
+    "lr range from zero": (replaced("lr = { low = 1e-3, high = 5e-3, log = true }",
+                                    "lr = { low = 0.0, high = 5e-3 }"), "search.lr"),
+    "negative lr": (replaced("lr = { low = 1e-3, high = 5e-3, log = true }",
+                             "lr = { low = -1e-3, high = 5e-3 }"), "search.lr"),
+    "low above high": (replaced("low = 1e-3, high = 5e-3", "low = 5e-3, high = 1e-3"),
+                       "is above high"),
+    "log range from zero": (replaced("low = 1e-3", "low = 0.0"), "log range needs low > 0"),
+    "empty encoder list": (replaced('encoder = ["tiny"]', "encoder = []"), "empty list"),
+    "batch size 0": (replaced("batch_size = [16, 32]", "batch_size = 0"), "search.batch_size"),
+    "batch size 0 among choices": (replaced("batch_size = [16, 32]", "batch_size = [16, 0]"),
+                                   "search.batch_size = 0"),
+    "dropout range up to 1": (with_line("search", "dropout = { low = 0.0, high = 1.0 }"),
+                              "search.dropout"),
+    "unknown encoder": (replaced('["tiny"]', '["tiny", "no-such-encoder"]'),
+                        "unknown encoder 'no-such-encoder'"),
+    "unknown pruner": (replaced('pruner = "median"', 'pruner = "random"'),
+                       "study.pruner must be one of"),
+    "zero trials": (with_line("study", "trials = 0"), "study.trials must be"),
+    "no data path": (replaced('path = "data.tsv"\n', ""), "needs a path"),
+    "not TOML": ("[data\npath = 1\n", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_file_is_a_one_line_user_error(folder, name):
+    text, fragment = BAD[name]
+    path = write(folder, "bad.toml", text)
+    with pytest.raises(UserError) as caught:
+        load_experiment(path)
+    message = str(caught.value)
+    assert fragment in message, message
+    assert "\n" not in message, message
+    assert str(path) in message  # says which file
+
+
+def test_missing_file(folder):
+    with pytest.raises(UserError, match="no such file"):
+        load_experiment(folder / "nope.toml")
+
+
+# --- the search space ----------------------------------------------------------------------
+
+SPACE = """\
+[data]
+path = "data.tsv"
+
+[search]
+encoder = ["tiny", "other"]
+encoder_map = "{map}"
+seq_len = 32
+lr = {{ low = 1e-4, high = 1e-2, log = true }}
+dropout = {{ low = 0.0, high = 0.3 }}
+warmup_fraction = {{ low = 0.0, high = 0.2, step = 0.05 }}
+epochs = {{ low = 1, high = 4 }}
+batch_size = [8, 16, 32]
+patience = {{ low = 2, high = 16, log = true }}
+wd_schedule = ["constant", "piecewise", "lr"]
+seed = 7
+"""
+
+
+@pytest.fixture
+def space_experiment(folder):
+    map_file = write(folder, "map.toml",
+                     '[encoders.other]\nencoder = "enc"\npreprocess = "pre"\n')
+    return load_experiment(write(folder, "space.toml", SPACE.format(map=map_file)))
+
+
+def test_suggest_config_samples_within_the_space(space_experiment):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"encoder": set(), "batch_size": set(), "wd_schedule": set()}
+    for _ in range(30):
+        trial = study.ask()
+        config = suggest_config(trial, space_experiment)
+        config.validate()
+        # fixed values pass through, and are kept on the trial
+        assert config.seq_len == 32 and config.seed == 7
+        assert trial.user_attrs["fixed.seq_len"] == 32
+        assert trial.user_attrs["fixed.seed"] == 7
+        assert "seq_len" not in trial.params
+        # categorical choices
+        assert config.encoder in ("tiny", "other")
+        assert config.batch_size in (8, 16, 32)
+        assert config.wd_schedule in ("constant", "piecewise", "lr")
+        for key in seen:
+            seen[key].add(getattr(config, key))
+        # ranges, within bounds; ints stay ints
+        assert 1e-4 <= config.lr <= 1e-2
+        assert 0.0 <= config.dropout <= 0.3
+        assert 0.0 <= config.warmup_fraction <= 0.2
+        assert abs(config.warmup_fraction / 0.05 - round(config.warmup_fraction / 0.05)) < 1e-9
+        assert type(config.epochs) is int and 1 <= config.epochs <= 4
+        assert type(config.patience) is int and 2 <= config.patience <= 16
+        assert type(config.batch_size) is int
+        assert isinstance(config.lr, float)
+        study.tell(trial, 0.5)
+    assert seen["encoder"] == {"tiny", "other"}
+    assert seen["batch_size"] == {8, 16, 32}
+    assert len(seen["wd_schedule"]) == 3
+    assert set(study.trials[0].params) == {"encoder", "lr", "dropout", "warmup_fraction",
+                                           "epochs", "batch_size", "patience", "wd_schedule"}
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(set(lrs)) == len(lrs)  # really sampled, not fixed
+
+
+def test_suggest_config_records_the_data_section(space_experiment):
+    study = optuna.create_study()
+    config = suggest_config(study.ask(), space_experiment)
+    assert Path(config.data) == Path(space_experiment.data["path"])
+
+
+def test_float_field_with_whole_number_ends_is_sampled_as_floats(folder):
+    """`weight_decay = { low = 0, high = 1 }` is a float range written with whole numbers.
+
+    Library bug if this fails: sweep/space.py picks suggest_int from the literals' types
+    only, so a float field (weight_decay, dropout, lr, ...) gets only 0 or 1.
+    """
+    text = with_line("search", "weight_decay = { low = 0, high = 1 }")
+    experiment = load_experiment(write(folder, "wd.toml", text))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [suggest_config(study.ask(), experiment).weight_decay for _ in range(10)]
+    assert all(0 <= v <= 1 for v in values)
+    assert any(0 < v < 1 for v in values), values
+
+
+# --- bad input on the command line ---------------------------------------------------------
+
+
+def sweep_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", "sweep", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def written_stores(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name in ("optuna.db", "mlflow.db", "mlruns", "mlartifacts"))
+
+
+def test_cli_bad_experiment_exits_2_with_one_line_and_writes_nothing(folder, tmp_path):
+    bad = write(folder, "bad.toml", with_line("search", "learning_rate = 1e-3"))
+    work = tmp_path / "elsewhere"
+    result = sweep_cli(work, "run", "--experiment", str(bad), "--trials", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sweep: error:") and "learning_rate" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert written_stores(work) == []
+
+
+def test_cli_missing_experiment_file(tmp_path):
+    result = sweep_cli(tmp_path, "run", "--experiment", "nope.toml", "--trials", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sweep: error: experiment nope.toml: no such file"]
+    assert written_stores(tmp_path) == []
+
+
+def test_cli_zero_trials(folder, tmp_path):
+    good = write(folder, "good.toml", GOOD)
+    work = tmp_path / "elsewhere"
+    result = sweep_cli(work, "run", "--experiment", str(good), "--trials", "0")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert written_stores(work) == []
+
+
+def test_cli_missing_data_writes_nothing(folder, tmp_path):
+    """A data path that does not exist is bad input too: one line, exit 2, nothing written.
+
+    Library bug if this fails: sweep/__main__.py `_run` opens the Optuna study and creates
+    the MLflow experiment and parent run (left RUNNING) before `Sweep.__init__` loads the
+    data; MLflow's table-creation log lines also reach stderr.
+    """
+    bad = write(folder, "missing.toml", replaced('"data.tsv"', '"missing.tsv"'))
+    work = tmp_path / "elsewhere"
+    result = sweep_cli(work, "run", "--experiment", str(bad), "--trials", "1")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sweep: error:")]
+    assert len(errors) == 1 and "missing.tsv" in errors[0], result.stderr
+    if (work / "mlflow.db").exists():  # at the very least no run may be left RUNNING
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+        ids = [e.experiment_id for e in client.search_experiments()]
+        running = [r.info.run_name for r in client.search_runs(ids)
+                   if r.info.status == "RUNNING"]
+        assert running == [], f"runs left RUNNING after bad input: {running}"
+    assert written_stores(work) == []
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

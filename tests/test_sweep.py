@@ -1,0 +1,740 @@
+"""`python -m sweep` end to end: run, best, trials, failures, interruption, MLflow server.
+
+Every command runs as a subprocess in a temporary folder (mlflow.db, optuna.db and mlruns/
+land there) on a small separable TSV and the built-in `tiny` encoder. One 3-trial sweep is
+shared by most tests through module-scoped fixtures; tests that add trials to it come after
+the ones that count them.
+"""
+
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep.study import GRACE_SECONDS
+
+ROOT = Path(__file__).resolve().parents[1]
+IMDB_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+STUDY = "check"
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+POSITIVE = ["wonderful", "great", "excellent", "loved", "brilliant"]
+NEGATIVE = ["terrible", "awful", "boring", "hated", "worst"]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def write_data(path: Path, per_class: int = 150) -> Path:
+    """A TSV of clearly separable reviews: words of one class only, plus 'film'."""
+    rng = random.Random(0)
+    rows = []
+    for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):
+        for _ in range(per_class):
+            review = [rng.choice(words) for _ in range(6)] + ["film"]
+            rng.shuffle(review)
+            rows.append(f"{' '.join(review)}\t{label}")
+    rng.shuffle(rows)
+    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_experiment(folder: Path, name: str = "exp.toml", encoder: str = '["tiny"]',
+                     extra_search: str = "") -> Path:
+    """A small experiment beside data.tsv (the data path is relative to the file)."""
+    if not (folder / "data.tsv").exists():
+        write_data(folder / "data.tsv")
+    path = folder / name
+    path.write_text(f"""\
+[data]
+path = "data.tsv"
+max_examples = 60
+
+[search]
+encoder = {encoder}
+{extra_search}
+seq_len = 32
+epochs = 2
+lr = {{ low = 1e-3, high = 5e-3, log = true }}
+batch_size = [16, 32]
+
+[study]
+pruner = "median"
+""", encoding="utf-8")
+    return path
+
+
+def sweep_env(folder: Path) -> dict:
+    """This environment (BERTCLF_CACHE_DIR included), the repository importable, and a
+    private TMPDIR so that the sweep's temporary files can be seen to be gone."""
+    tmp = folder / "tmp"
+    tmp.mkdir(exist_ok=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TMPDIR": str(tmp)}
+
+
+def sweep_cli(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
+                            env=sweep_env(folder), capture_output=True, text=True,
+                            timeout=timeout)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return (f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-4000:]}")
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def client_for(folder: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def load_study(folder: Path, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+
+
+@dataclass
+class Runs:
+    experiment_id: str
+    parents: list
+    children: list
+
+    @property
+    def parent(self):
+        assert len(self.parents) == 1, [r.info.run_name for r in self.parents]
+        return self.parents[0]
+
+    def by_name(self) -> dict:
+        return {r.info.run_name: r for r in self.children}
+
+    def running(self) -> list[str]:
+        return [r.info.run_name for r in self.parents + self.children
+                if r.info.status == "RUNNING"]
+
+
+def mlflow_runs(folder: Path, name: str = STUDY) -> Runs:
+    client = client_for(folder)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment named {name!r}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return Runs(experiment.experiment_id, parents, children)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Background:
+    """A sweep command in its own process group, its output collected line by line."""
+
+    def __init__(self, folder: Path, *args: str):
+        self.stderr_path = folder / f"stderr-{time.monotonic_ns()}.txt"
+        self._stderr = open(self.stderr_path, "w")  # closed in wait()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
+            env=sweep_env(folder), stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, prefix: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(prefix) for line in self.lines):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.kill()
+        pytest.fail(f"no line {prefix!r} from the sweep:\n{self.output()}")
+
+    def signal(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self._reader.join(10)
+            self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        try:
+            self.signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait()
+
+    def output(self) -> str:
+        stderr = self.stderr_path.read_text(errors="replace")[-3000:]
+        return "\n".join(self.lines) + "\n--- stderr\n" + stderr
+
+    def group_is_gone(self, timeout: float = 20) -> bool:
+        """True once no process of its group (the sweep, its trial process) is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.3)
+        return False
+
+
+# --- the shared sweep ----------------------------------------------------------------------
+
+
+@dataclass
+class Swept:
+    folder: Path
+    experiment: Path
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Swept:
+    folder = tmp_path_factory.mktemp("sweep")
+    experiment = write_experiment(folder)
+    result = sweep_cli(folder, "run", "--trials", 3, "--experiment", "exp.toml",
+                       "--study", STUDY)
+    assert result.returncode == 0, explain(result)
+    print(f"3-trial sweep took {result.seconds:.0f}s")
+    return Swept(folder, experiment, result)
+
+
+@pytest.fixture
+def tracking(swept, monkeypatch):
+    """MLflow's fluent API pointed at the sweep's stores, put back afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{swept.folder / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def test_run_prints_a_line_per_trial_and_the_best(swept):
+    out = swept.result.stdout
+    for number in range(3):
+        assert f"trial {number} started:" in out, out
+        assert any(line.startswith(f"trial {number} COMPLETE in ")
+                   for line in out.splitlines()), out
+    assert "best trial:" in out
+    assert "val_accuracy:" in out and "test_accuracy:" in out and "mlflow run id:" in out
+    assert "Traceback" not in swept.result.stderr
+
+
+def test_optuna_study_has_the_trials(swept):
+    study = load_study(swept.folder)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for trial in study.trials:
+        assert set(trial.params) == {"encoder", "lr", "batch_size"}
+        assert 1e-3 <= trial.params["lr"] <= 5e-3
+        assert trial.params["batch_size"] in (16, 32)
+        assert 0 <= trial.value <= 1
+        assert 0 <= trial.user_attrs["test_accuracy"] <= 1
+        assert trial.user_attrs["model_uri"].startswith("models:/")
+        assert trial.user_attrs["fixed.seq_len"] == 32
+
+
+def test_mlflow_has_one_parent_and_a_child_per_trial(swept):
+    study = load_study(swept.folder)
+    runs = mlflow_runs(swept.folder)
+    parent = runs.parent
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert len(runs.children) == 3
+    assert sorted(runs.by_name()) == ["trial-0", "trial-1", "trial-2"]
+    for run in runs.children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        number = int(run.data.tags["optuna.trial_number"])
+        trial = study.trials[number]
+        assert run.info.run_name == f"trial-{number}"
+        assert run.data.tags["optuna.trial_state"] == trial.state.name
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+    assert runs.running() == []
+    assert parent.info.status == "FINISHED"
+    assert all(r.info.status == "FINISHED" for r in runs.children)
+
+
+def test_child_runs_hold_params_metrics_artifacts_and_model(swept):
+    client = client_for(swept.folder)
+    study = load_study(swept.folder)
+    for run in mlflow_runs(swept.folder).children:
+        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
+        if trial.state.name != "COMPLETE":
+            continue
+        params = run.data.params
+        for key in ("encoder", "encoder_handle", "preprocess_handle", "seed", "lr",
+                    "batch_size", "epochs", "seq_len", "data", "trial_number"):
+            assert key in params, (key, sorted(params))
+        assert params["encoder"] == "tiny"
+        assert params["seed"] == "42"
+        assert float(params["lr"]) == pytest.approx(trial.params["lr"])
+        assert params["batch_size"] == str(trial.params["batch_size"])
+        assert params["trial_number"] == str(trial.number)
+        metrics = run.data.metrics
+        assert metrics["test_accuracy"] == pytest.approx(trial.user_attrs["test_accuracy"])
+        assert metrics["test_loss"] == pytest.approx(trial.user_attrs["test_loss"])
+        for key in EPOCH_METRICS:
+            assert key in metrics, (key, sorted(metrics))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"curves.png", "metrics.json"} <= artifacts, artifacts
+        model_id = trial.user_attrs["model_uri"].removeprefix("models:/")
+        assert client.get_logged_model(model_id).source_run_id == run.info.run_id
+
+
+def test_per_epoch_curves_have_the_epoch_as_step(swept):
+    """loss/accuracy/val_loss/val_accuracy: one value per epoch, steps 1..n, nothing else.
+
+    Library bug if this fails with a step 0: sweep/trial.py `run_job` logs the summary
+    (val_accuracy, val_loss of the best epoch) under the same keys at step 0, which adds a
+    bogus point before epoch 1 to the validation curves.
+    """
+    client = client_for(swept.folder)
+    study = load_study(swept.folder)
+    for run in mlflow_runs(swept.folder).children:
+        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
+        if trial.state.name != "COMPLETE":
+            continue
+        histories = {key: client.get_metric_history(run.info.run_id, key)
+                     for key in EPOCH_METRICS}
+        epochs = len(histories["loss"])
+        assert 1 <= epochs <= 2
+        for key, history in histories.items():
+            steps = sorted(m.step for m in history)
+            assert steps == list(range(1, epochs + 1)), (run.info.run_name, key, steps)
+        # the objective is the validation accuracy of one of those epochs
+        assert any(m.value == pytest.approx(trial.value) for m in histories["val_accuracy"])
+
+
+def test_parent_run_holds_the_best_and_the_history_plot(swept):
+    client = client_for(swept.folder)
+    study = load_study(swept.folder)
+    parent = mlflow_runs(swept.folder).parent
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "optimization_history.png" in artifacts, artifacts
+    history = client.get_metric_history(parent.info.run_id, "best_val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+
+
+def test_logged_model_loads_and_predicts_after_the_sweep(swept, tracking):
+    import mlflow
+    import pandas as pd
+
+    left = sorted(p.name for p in (swept.folder / "tmp").iterdir())
+    assert not [name for name in left if name.startswith("sweep-")], left
+    study = load_study(swept.folder)
+    best = study.best_trial
+    model = mlflow.pyfunc.load_model(best.user_attrs["model_uri"])
+    texts = ["wonderful great excellent film", "terrible awful boring film", "loved it"]
+    predicted = model.predict(pd.DataFrame({"text": texts}))
+    assert len(predicted) == 3
+    assert set(predicted["label"]) <= {"neg", "pos"}
+    assert all(0.5 <= p <= 1.0 for p in predicted["probability"]), predicted
+    if best.value == 1.0:  # a perfect model must get the obvious ones right
+        assert list(predicted["label"][:2]) == ["pos", "neg"], predicted
+
+    version = mlflow.register_model(best.user_attrs["model_uri"], "clf")
+    assert version.name == "clf" and int(version.version) >= 1
+    registered = MlflowClient(tracking).get_model_version("clf", version.version)
+    assert registered.run_id == best.user_attrs["mlflow_run_id"]
+
+
+def test_mlflow_server_rest_api_shows_the_runs(swept):
+    folder = swept.folder
+    runs = mlflow_runs(folder)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = folder / "mlflow-server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--default-artifact-root", str(folder / "mlruns"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=folder, env=sweep_env(folder), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+
+        experiment = http_json(f"{base}/api/2.0/mlflow/experiments/get-by-name"
+                               f"?experiment_name={STUDY}")["experiment"]
+        assert experiment["experiment_id"] == runs.experiment_id
+        found = http_json(f"{base}/api/2.0/mlflow/runs/search",
+                          {"experiment_ids": [runs.experiment_id], "max_results": 1000})["runs"]
+        tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+                for r in found}
+        parents = [i for i, t in tags.items() if "mlflow.parentRunId" not in t]
+        children = [i for i, t in tags.items() if "mlflow.parentRunId" in t]
+        assert parents == [runs.parent.info.run_id]
+        assert len(children) == len(runs.children) >= 3
+        assert all(tags[i]["mlflow.parentRunId"] == parents[0] for i in children)
+        assert all(r["info"]["status"] != "RUNNING" for r in found)
+
+        for run_id in children:
+            history = http_json(f"{base}/api/2.0/mlflow/metrics/get-history"
+                                f"?run_id={run_id}&metric_key=val_accuracy")["metrics"]
+            epochs = sorted(m["step"] for m in history if m["step"] >= 1)
+            assert epochs and epochs == list(range(1, len(epochs) + 1)), history
+            assert all(0 <= m["value"] <= 1 for m in history)
+            listed = http_json(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+            assert "curves.png" in {f["path"] for f in listed.get("files", [])}, listed
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+# --- continuing the study ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def continued(swept) -> subprocess.CompletedProcess:
+    """A second `run --trials 1` on the same study (after the tests that count 3 trials)."""
+    parent_before = load_study(swept.folder).user_attrs["mlflow_parent_run_id"]
+    result = sweep_cli(swept.folder, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", STUDY)
+    assert result.returncode == 0, explain(result)
+    result.parent_before = parent_before
+    return result
+
+
+def test_second_run_continues_the_study(swept, continued):
+    assert "(3 trial(s) so far)" in continued.stdout, continued.stdout
+    assert "trial 3 started:" in continued.stdout
+    study = load_study(swept.folder)
+    numbers = [t.number for t in study.trials]
+    assert numbers == [0, 1, 2, 3]
+    assert study.trials[3].state.name in ("COMPLETE", "PRUNED")
+    assert study.user_attrs["mlflow_parent_run_id"] == continued.parent_before
+    runs = mlflow_runs(swept.folder)
+    assert runs.parent.info.run_id == continued.parent_before
+    assert sorted(runs.by_name()) == ["trial-0", "trial-1", "trial-2", "trial-3"]
+    assert runs.by_name()["trial-3"].data.tags["optuna.trial_state"] == \
+        study.trials[3].state.name
+    assert runs.running() == []
+
+
+@pytest.fixture(scope="module")
+def exported(swept, continued) -> tuple[Path, subprocess.CompletedProcess]:
+    out = swept.folder / "exported-best"
+    result = sweep_cli(swept.folder, "best", "--study", STUDY, "--export", out)
+    assert result.returncode == 0, explain(result)
+    return out, result
+
+
+def test_best_exports_a_savedmodel_and_model_card(swept, exported):
+    out, result = exported
+    study = load_study(swept.folder)
+    best = study.best_trial
+    assert f"best trial: {best.number}" in result.stdout
+    assert best.user_attrs["mlflow_run_id"] in result.stdout
+    assert (out / "saved_model.pb").is_file()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert card["trial"] == best.number and card["study"] == STUDY
+    assert card["params"]["lr"] == pytest.approx(best.params["lr"])
+    assert card["params"]["batch_size"] == best.params["batch_size"]
+    assert card["params"]["seq_len"] == 32
+    assert card["metrics"]["val_accuracy"] == pytest.approx(best.value)
+    assert card["metrics"]["test_accuracy"] == pytest.approx(best.user_attrs["test_accuracy"])
+    assert card.get("class_names") == ["neg", "pos"]
+
+
+def test_exported_model_reloads_in_a_fresh_tensorflow_process(exported, tmp_path):
+    """Only tensorflow and tensorflow_text imported; raw strings in, logits out."""
+    out, _ = exported
+    check = """
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa
+model = tf.saved_model.load(sys.argv[1])
+logits = model(tf.constant(["wonderful great film", "awful boring film", "x"])).numpy()
+ours = sorted(m for m in sys.modules if m.split(".")[0] in ("bertclf", "sweep", "mlflow"))
+print(json.dumps({"shape": list(logits.shape), "ours": ours}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BERTCLF_CACHE_DIR")}
+    fresh = subprocess.run([sys.executable, "-c", check, str(out)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    reply = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert reply["shape"][0] == 3 and reply["shape"][1] in (1, 2)
+    assert reply["ours"] == []
+
+
+def test_export_refuses_a_non_empty_folder(swept, exported):
+    """Library bug if only the one-line check fails: sweep/__main__.py `_export` imports
+    bertclf.artifacts (which imports TensorFlow) before checking the folder, so TF's
+    start-up log lines reach stderr (and ~8 s go by) before the one-line error."""
+    out, _ = exported
+    again = sweep_cli(swept.folder, "best", "--study", STUDY, "--export", out)
+    assert again.returncode == 2, explain(again)
+    lines = error_lines(again.stderr)
+    assert lines and lines[-1].startswith("sweep: error:") and "not empty" in lines[-1]
+    assert (out / "saved_model.pb").is_file()  # left as it was
+    assert len(lines) == 1, again.stderr
+
+
+def test_best_of_an_unknown_study_is_a_one_line_error(swept):
+    result = sweep_cli(swept.folder, "best", "--study", "nope")
+    assert result.returncode == 2, explain(result)
+    assert error_lines(result.stderr) == [
+        f"sweep: error: no study named 'nope' (studies: {STUDY})"]
+
+
+def test_best_and_trials_without_a_finished_trial(tmp_path):
+    """Studies made directly in Optuna (no training): one with a failed trial only."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
+    empty.tell(empty.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)}),
+               state=optuna.trial.TrialState.FAIL)
+    result = sweep_cli(tmp_path, "best", "--study", "empty")
+    assert result.returncode == 0, explain(result)
+    assert "no trial has completed yet" in result.stdout
+
+    table = sweep_cli(tmp_path, "trials", "--csv", "-")  # the only study: no --study needed
+    assert table.returncode == 0, explain(table)
+    rows = list(csv.DictReader(table.stdout.splitlines()))
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "FAIL")]
+
+    optuna.create_study(study_name="other", storage=storage)
+    several = sweep_cli(tmp_path, "trials")
+    assert several.returncode == 2, explain(several)
+    assert error_lines(several.stderr) == [
+        "sweep: error: several studies, pick one with --study: empty, other"]
+
+    # Library bug if this fails: sweep/__main__.py `_best` passes `study.best_trial` to
+    # `_export` unguarded, so a study without a finished trial ends in a ValueError
+    # traceback instead of a one-line error.
+    export = sweep_cli(tmp_path, "best", "--study", "empty", "--export", tmp_path / "out")
+    assert "Traceback" not in export.stderr, export.stderr[-2000:]
+    assert export.returncode == 2, explain(export)
+    assert len(error_lines(export.stderr)) == 1, export.stderr
+
+
+def test_trials_table_and_csv(swept, continued):
+    study = load_study(swept.folder)
+    table = sweep_cli(swept.folder, "trials", "--study", STUDY)
+    assert table.returncode == 0, explain(table)
+    lines = table.stdout.strip().splitlines()
+    header = lines[0].split()
+    for column in ("number", "state", "lr", "batch_size", "val_accuracy", "test_accuracy",
+                   "duration_s"):
+        assert column in header, header
+    assert len(lines) == 1 + len(study.trials)
+    assert [line.split()[0] for line in lines[1:]] == [str(t.number) for t in study.trials]
+
+    result = sweep_cli(swept.folder, "trials", "--study", STUDY, "--csv", "out.csv")
+    assert result.returncode == 0, explain(result)
+    with open(swept.folder / "out.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {"number", "state", "val_accuracy", "test_accuracy"} <= set(rows[0])
+    assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]
+    assert [r["state"] for r in rows] == [t.state.name for t in study.trials]
+    for row, trial in zip(rows, study.trials, strict=True):
+        if trial.state.name == "COMPLETE":
+            assert float(row["val_accuracy"]) == pytest.approx(trial.value)
+            assert float(row["lr"]) == pytest.approx(trial.params["lr"])
+
+
+# --- interrupting and killing the sweep ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stop_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("interrupted")
+    write_experiment(folder)
+    return folder
+
+
+def test_ctrl_c_fails_the_trial_and_closes_every_run(stop_folder):
+    sweep = Background(stop_folder, "run", "--trials", 2, "--experiment", "exp.toml",
+                       "--study", "stop")
+    sweep.wait_for_line("trial 0 started:")
+    time.sleep(2)  # the trial's process is starting up
+    sweep.signal(signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    code = sweep.wait(120)
+    assert code == 130, sweep.output()
+    assert "interrupted" in sweep.stderr_path.read_text()
+    assert sweep.group_is_gone(), "the trial's process outlived the sweep"
+
+    study = load_study(stop_folder, "stop")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert "KeyboardInterrupt" in study.trials[0].user_attrs.get("error", "")
+    runs = mlflow_runs(stop_folder, "stop")
+    assert runs.running() == []
+    assert runs.by_name()["trial-0"].info.status == "FAILED"
+    assert runs.by_name()["trial-0"].data.tags["optuna.trial_state"] == "FAIL"
+    assert runs.parent.info.status == "KILLED"
+
+
+@dataclass
+class Killed:
+    folder: Path
+    number: int  # the trial that was running
+    at: float  # time.monotonic() of the kill
+
+
+@pytest.fixture(scope="module")
+def killed(stop_folder) -> Killed:
+    """A sweep killed with SIGKILL (no chance to clean up) while its trial runs."""
+    before = len(load_study(stop_folder, "stop").trials)
+    sweep = Background(stop_folder, "run", "--trials", 2, "--experiment", "exp.toml",
+                       "--study", "stop")
+    sweep.wait_for_line(f"trial {before} started:")
+    deadline = time.monotonic() + 60
+    while f"trial-{before}" not in mlflow_runs(stop_folder, "stop").running():
+        assert time.monotonic() < deadline, sweep.output()
+        time.sleep(0.5)
+    time.sleep(2)
+    sweep.signal(signal.SIGKILL)
+    at = time.monotonic()
+    sweep.wait(60)
+    assert sweep.group_is_gone()
+    return Killed(stop_folder, before, at)
+
+
+def test_killed_sweep_leaves_its_trial_running(killed):
+    """What a dead worker leaves behind, until someone notices it is dead."""
+    assert load_study(killed.folder, "stop").trials[killed.number].state.name == "RUNNING"
+    assert f"trial-{killed.number}" in mlflow_runs(killed.folder, "stop").running()
+
+
+# --- a failing trial -----------------------------------------------------------------------
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
+    """Encoder `broken` (a map entry whose folders hold a garbage saved_model.pb) fails;
+    the sweep records it as failed in both stores and goes on with the next trial."""
+    for part in ("enc", "pre"):
+        (tmp_path / "broken" / part).mkdir(parents=True)
+        (tmp_path / "broken" / part / "saved_model.pb").write_bytes(b"not a SavedModel")
+    map_file = tmp_path / "map.toml"
+    map_file.write_text('[encoders.broken]\nencoder = "broken/enc"\npreprocess = "broken/pre"\n')
+    write_experiment(tmp_path, "failing.toml", encoder='["broken", "tiny"]',
+                     extra_search=f'encoder_map = "{map_file}"')
+    # sampler seed 4 proposes broken, then tiny (checked below)
+    result = sweep_cli(tmp_path, "run", "--trials", 2, "--experiment", "failing.toml",
+                       "--study", "failing", "--seed", 4)
+    assert result.returncode == 0, explain(result)
+    study = load_study(tmp_path, "failing")
+    encoders = [t.params.get("encoder") for t in study.trials]
+    assert encoders == ["broken", "tiny"], f"the sampler no longer proposes {encoders}"
+    failed, finished = study.trials
+    assert failed.state.name == "FAIL"
+    assert "broken" in failed.user_attrs["error"], failed.user_attrs
+    assert finished.state.name == "COMPLETE"
+    assert "trial 0 FAIL" in result.stdout and "trial 1 COMPLETE" in result.stdout
+
+    runs = mlflow_runs(tmp_path, "failing").by_name()
+    assert runs["trial-0"].info.status == "FAILED"
+    assert runs["trial-0"].data.tags["optuna.trial_state"] == "FAIL"
+    assert "broken" in runs["trial-0"].data.tags["error"]
+    assert runs["trial-1"].info.status == "FINISHED"
+    assert runs["trial-1"].data.tags["optuna.trial_state"] == "COMPLETE"
+    assert mlflow_runs(tmp_path, "failing").running() == []
+
+
+def test_next_run_fails_the_killed_trial_and_continues(killed):
+    """Once the dead trial's heartbeat is GRACE_SECONDS old, the next `run` fails it in
+    Optuna and in MLflow, then continues the study (checked here in --in-process mode).
+
+    A run started within the grace period must leave it alone (it could belong to a live
+    worker elsewhere), so this waits out what is left of the grace period; the tests that
+    come before it in this file usually use it up.
+    """
+    time.sleep(max(0.0, killed.at + GRACE_SECONDS + 1 - time.monotonic()))
+    result = sweep_cli(killed.folder, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", "stop", "--in-process")
+    assert result.returncode == 0, explain(result)
+    assert "ended 1 run(s) left RUNNING" in result.stdout, result.stdout
+    number = killed.number
+    study = load_study(killed.folder, "stop")
+    assert [t.number for t in study.trials] == list(range(number + 2))
+    assert study.trials[number].state.name == "FAIL"
+    assert study.trials[number + 1].state.name == "COMPLETE"
+    runs = mlflow_runs(killed.folder, "stop")
+    assert runs.running() == []
+    dead = runs.by_name()[f"trial-{number}"]
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["optuna.trial_state"] == "FAIL"
+    assert dead.data.tags.get("error")
+    done = runs.by_name()[f"trial-{number + 1}"]
+    assert done.info.status == "FINISHED"
+    assert done.data.tags["optuna.trial_state"] == "COMPLETE"
+    assert {"curves.png", "metrics.json"} <= {
+        a.path for a in client_for(killed.folder).list_artifacts(done.info.run_id)}
+    assert runs.parent.info.status == "FINISHED"
+
+
+# --- the shipped quick experiment ----------------------------------------------------------
+
+
+@pytest.mark.skipif(not IMDB_ARCHIVE.is_file(),
+                    reason=f"the IMDB archive is not at {IMDB_ARCHIVE}")
+@pytest.mark.skipif(not os.environ.get("SWEEP_SLOW_TESTS"),
+                    reason="about 2 minutes on 2 cores: set SWEEP_SLOW_TESTS=1 to run it")
+def test_quick_experiment_runs_one_trial(tmp_path):
+    result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment",
+                       ROOT / "experiments" / "quick.toml", "--study", "quick", timeout=600)
+    assert result.returncode == 0, explain(result)
+    study = load_study(tmp_path, "quick")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    runs = mlflow_runs(tmp_path, "quick")
+    assert len(runs.children) == 1 and runs.running() == []
