@@ -41,15 +41,17 @@ def _run(args: argparse.Namespace) -> int:
     import optuna
 
     from sweep.experiment import load_experiment
-    from sweep.runner import Sweep
+    from sweep.runner import Sweep, load_experiment_data
     from sweep.study import open_storage, open_study
     from sweep.tracking import Tracker
 
-    experiment = load_experiment(args.experiment, data_override=args.data)
-    name = args.study or experiment.study_name
-    storage = open_storage(args.storage, heartbeat=args.heartbeat)
     if args.workers > 1 and args.in_process:
         raise UserError("--in-process runs one trial at a time: drop --workers")
+    # Bad input is found before anything is written.
+    experiment = load_experiment(args.experiment, data_override=args.data)
+    dataset = load_experiment_data(experiment)
+    name = args.study or experiment.study_name
+    storage = open_storage(args.storage, heartbeat=args.heartbeat)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, pruner=experiment.pruner, sampler_seed=seed)
     if isinstance(storage, optuna.storages.RDBStorage):
@@ -63,22 +65,33 @@ def _run(args: argparse.Namespace) -> int:
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
     print(f"sweep: study {name!r} ({len(study.trials)} trial(s) so far), "
           f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
-    sweep = Sweep(experiment, study, tracker, args.storage, in_process=args.in_process)
+    sweep = Sweep(experiment, dataset, study, tracker, args.storage, in_process=args.in_process)
     tracker.open_parent(str(experiment.path))
     # A scheduler's SIGTERM ends the sweep as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sweep.run(trials, timeout, workers=args.workers)
     except KeyboardInterrupt:
-        tracker.reconcile()
-        tracker.close_parent("KILLED")
+        _close(study, storage, tracker, "KILLED")
         print("sweep: interrupted; the trial in progress was recorded as failed. "
               "Run the same command again to continue the study.", file=sys.stderr)
         return 130
-    tracker.reconcile()
-    tracker.close_parent("FINISHED")
+    except BaseException:
+        _close(study, storage, tracker, "FAILED")
+        raise
+    _close(study, storage, tracker, "FINISHED")
     _print_best(study)
     return 0
+
+
+def _close(study, storage, tracker, status: str) -> None:
+    """Fail trials of dead workers, end their runs, and end the parent run."""
+    import optuna
+
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    tracker.reconcile()
+    tracker.close_parent(status)
 
 
 def _print_best(study) -> None:
@@ -147,6 +160,9 @@ def _best(args: argparse.Namespace) -> int:
     study = _load(args)
     _print_best(study)
     if args.export is not None:
+        completed = [t for t in study.trials if t.state.name == "COMPLETE"]
+        if not completed:
+            raise UserError(f"study {study.study_name!r} has no completed trial to export")
         out = Path(args.export or Path("exported") / study.study_name)
         _export(study, study.best_trial, out, args.force, args.tracking_uri)
     return 0

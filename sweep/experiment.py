@@ -136,6 +136,8 @@ def load_experiment(path: str | Path, data_override: str | None = None) -> Exper
     search = table.get("search", {})
     _check_keys(path, "search", search, SEARCHABLE)
     space = {name: _parse_dimension(path, name, value) for name, value in search.items()}
+    if isinstance(space.get("encoder_map"), str):
+        space["encoder_map"] = str((path.parent / space["encoder_map"]).expanduser().resolve())
     _resolve_encoders(path, space)
 
     study = table.get("study", {})

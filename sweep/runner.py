@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import optuna
 
-from bertclf.data import load_dataset
+from bertclf.data import Dataset, load_dataset
 from bertclf.encoders import get_encoder
 from sweep.experiment import Experiment
 from sweep.space import suggest_config
@@ -20,24 +20,29 @@ def _short(values: dict) -> str:
                     for k, v in values.items())
 
 
+def load_experiment_data(experiment: Experiment) -> Dataset:
+    """Load and split the experiment's data once; every trial trains on this split."""
+    base = experiment.base_config()
+    print(f"sweep: loading data from {base.data}", flush=True)
+    dataset = load_dataset(base.data, text_column=base.text_column,
+                           label_column=base.label_column, val_fraction=base.val_fraction,
+                           max_examples=base.example_caps(), seed=base.seed)
+    sizes = {n: len(getattr(dataset, n)) for n in ("train", "validation", "test")}
+    print(f"sweep: data {_short(sizes)} classes={dataset.class_names}", flush=True)
+    return dataset
+
+
 class Sweep:
     """Runs trials of one experiment on one study, each tracked as an MLflow child run."""
 
-    def __init__(self, experiment: Experiment, study: optuna.Study, tracker: Tracker,
-                 storage_url: str, in_process: bool = False):
+    def __init__(self, experiment: Experiment, dataset: Dataset, study: optuna.Study,
+                 tracker: Tracker, storage_url: str, in_process: bool = False):
         self.experiment = experiment
+        self.dataset = dataset
         self.study = study
         self.tracker = tracker
         self.storage_url = storage_url
         self.in_process = in_process
-        base = experiment.base_config()
-        print(f"sweep: loading data from {base.data}", flush=True)
-        self.dataset = load_dataset(base.data, text_column=base.text_column,
-                                    label_column=base.label_column,
-                                    val_fraction=base.val_fraction,
-                                    max_examples=base.example_caps(), seed=base.seed)
-        sizes = {n: len(getattr(self.dataset, n)) for n in ("train", "validation", "test")}
-        print(f"sweep: data {_short(sizes)} classes={self.dataset.class_names}", flush=True)
 
     def objective(self, trial: optuna.Trial) -> float:
         config = suggest_config(trial, self.experiment)
@@ -61,7 +66,7 @@ class Sweep:
         for key in ("test_accuracy", "test_loss", "best_epoch", "model_uri"):
             trial.set_user_attr(key, outcome[key])
         self.tracker.end_trial(run_id, "COMPLETE")
-        return outcome["val_accuracy"]
+        return outcome["best_val_accuracy"]
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A progress line per finished trial and the best so far on the parent run."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import optuna
 
 from bertclf.config import TrainConfig
 from sweep.experiment import Experiment, Range
+
+# Whether each TrainConfig field is an integer (a range over it is sampled as ints).
+INT_FIELDS = {f.name: str(f.type).split("|")[0].strip() == "int" for f in fields(TrainConfig)}
 
 
 def suggest_config(trial: optuna.Trial, experiment: Experiment) -> TrainConfig:
@@ -13,13 +18,14 @@ def suggest_config(trial: optuna.Trial, experiment: Experiment) -> TrainConfig:
     values = {}
     for name, dimension in experiment.space.items():
         if isinstance(dimension, Range):
-            if isinstance(dimension.low, int) and isinstance(dimension.high, int):
+            if INT_FIELDS.get(name, False):
                 values[name] = trial.suggest_int(name, dimension.low, dimension.high,
                                                  step=int(dimension.step or 1),
                                                  log=dimension.log)
             else:
-                values[name] = trial.suggest_float(name, dimension.low, dimension.high,
-                                                   step=dimension.step, log=dimension.log)
+                values[name] = trial.suggest_float(name, float(dimension.low),
+                                                   float(dimension.high), step=dimension.step,
+                                                   log=dimension.log)
         elif isinstance(dimension, list):
             values[name] = trial.suggest_categorical(name, dimension)
         else:

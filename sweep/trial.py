@@ -62,7 +62,7 @@ def _log_model(job: TrialJob, saved_model: Path) -> str:
 
     mlflow.set_tracking_uri(job.tracking_uri)
     # The model takes a column of raw strings; MLflow's type-hint advice does not apply.
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     with mlflow.start_run(run_id=job.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
                                        artifacts={"saved_model": str(saved_model)},
@@ -89,11 +89,11 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
     callbacks = [_epoch_logger(client, job.run_id), TFKerasPruningCallback(trial, "val_accuracy")]
     result = train(TrainConfig(**job.config), dataset=job.dataset, callbacks=callbacks)
 
-    outcome = {"val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+    outcome = {"best_val_accuracy": result.val_accuracy, "best_val_loss": result.val_loss,
                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    log_metrics(client, job.run_id, outcome)
+    log_metrics(client, job.run_id, outcome)  # the per-epoch curves are logged with steps
     with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
         paths = save_run(result, tmp)
         for name in ("metrics", "curves"):
