@@ -1,0 +1,250 @@
+"""`python -m bertclf` as users and checks run it: train, predict, encoders, and one-line
+errors with exit status 2 for every user mistake."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IMDB_ARCHIVE = REPO.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+PREDICTION = re.compile(r"^(neg|pos)\t([01]\.\d+)$")
+POSITIVE = "good great wonderful excellent superb brilliant lovely amazing".split()
+NEGATIVE = "bad awful terrible horrible dreadful boring poor worst".split()
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m bertclf ARGS` in cwd with this session's cache and this checkout."""
+    env = dict(os.environ)  # BERTCLF_CACHE_DIR: the session's throwaway cache (conftest)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "bertclf", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def show(done: subprocess.CompletedProcess) -> str:
+    return f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+
+
+def write_tsv(path: Path, per_class: int = 60, header: str = "text\tlabel") -> Path:
+    """Sentences the tiny vocabulary knows, labelled pos/neg by their sentiment words."""
+    lines = [header]
+    for i in range(per_class):
+        lines.append(f"the film was {POSITIVE[i % 8]} and {POSITIVE[(i * 3) % 8]} {i}\tpos")
+        lines.append(f"the film was {NEGATIVE[i % 8]} and {NEGATIVE[(i * 5) % 8]} {i}\tneg")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_classes(folder: Path, texts: dict[str, list[bytes]]) -> Path:
+    for name, contents in texts.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, content in enumerate(contents):
+            (folder / name / f"{i}.txt").write_bytes(content)
+    return folder
+
+
+# --- a successful run ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cli-train")
+    write_tsv(cwd / "sentences.tsv")
+    done = cli("train", "--data", "sentences.tsv", "--encoder", "tiny", "--max-examples", "60",
+               "--epochs", "1", "--seq-len", "32", "--out", "run1", cwd=cwd)
+    return cwd, done
+
+
+def test_train_writes_metrics_curves_and_model(trained):
+    cwd, done = trained
+    assert done.returncode == 0, show(done)
+    assert "Traceback" not in done.stderr
+    run = cwd / "run1"
+    assert (run / "metrics.json").is_file()
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "saved_model" / "saved_model.pb").is_file()
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    params = metrics["params"]
+    assert (params["encoder"], params["max_examples"], params["epochs"], params["seq_len"]) == \
+        ("tiny", 60, 1, 32)
+    assert len(metrics["history"]["val_loss"]) == 1 and metrics["best_epoch"] == 1
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert metrics["class_names"] == ["neg", "pos"]
+    # 120 sentences: 24 carved out for test, 19 of the other 96 for validation, all under 60.
+    assert metrics["data"]["train_examples"] <= 60
+    assert "test_accuracy" in done.stdout
+
+
+def test_predict_prints_a_class_and_probability_per_text(trained):
+    cwd, done = trained
+    assert done.returncode == 0, "training failed; see the test above"
+    done = cli("predict", "run1/saved_model", "a wonderful film", "awful", cwd=cwd)
+    assert done.returncode == 0, show(done)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, show(done)
+    for line in lines:
+        match = PREDICTION.match(line)
+        assert match, f"expected '<class>\\t<probability>', got {line!r}"
+        assert 0.5 <= float(match.group(2)) <= 1.0
+
+
+def test_encoders_lists_the_map():
+    done = cli("encoders", cwd=REPO)
+    assert done.returncode == 0, show(done)
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    assert rows and all(len(row) == 3 and all(row) for row in rows), done.stdout
+    names = [row[0] for row in rows]
+    assert len(names) == len(set(names))
+    by_name = {row[0]: row[1:] for row in rows}
+    assert by_name["tiny"] == ["builtin:tiny/encoder", "builtin:tiny/preprocess"]
+    small = {name: handles for name, handles in by_name.items() if name.startswith("small_bert/")}
+    assert len(small) >= 2, names
+    assert "small_bert/bert_en_uncased_L-2_H-128_A-2" in small
+    for encoder, preprocess in small.values():
+        assert encoder.startswith("https://tfhub.dev/tensorflow/small_bert/")
+        assert preprocess == "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
+
+
+# --- user errors ---------------------------------------------------------------------------
+
+
+def _truncated_archive(cwd: Path) -> str:
+    folder = write_classes(cwd / "reviews", {"neg": [b"bad film"] * 30, "pos": [b"good"] * 30})
+    with tarfile.open(cwd / "whole.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="reviews")
+    data = (cwd / "whole.tar.gz").read_bytes()
+    (cwd / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    return "cut.tar.gz"
+
+
+def _setup(case: str, cwd: Path) -> list[str]:
+    """Prepare cwd for one bad invocation; return its arguments."""
+    write_tsv(cwd / "ok.tsv", per_class=10)
+    train = ["train", "--encoder", "tiny", "--epochs", "1", "--out", "out"]
+    if case == "missing data path":
+        return [*train, "--data", "no-such-data.tsv"]
+    if case == "empty folder":
+        (cwd / "empty").mkdir()
+        return [*train, "--data", "empty"]
+    if case == "single class":
+        write_classes(cwd / "one", {"pos": [b"good film", b"great film", b"superb"]})
+        return [*train, "--data", "one"]
+    if case == "non-UTF-8 file":
+        latin1 = "caf\u00e9 tr\u00e8s bon".encode("latin-1")
+        write_classes(cwd / "latin", {"neg": [b"bad film"] * 3, "pos": [b"good", latin1]})
+        return [*train, "--data", "latin"]
+    if case == "truncated archive":
+        return [*train, "--data", _truncated_archive(cwd)]
+    if case == "TSV missing columns":
+        write_tsv(cwd / "columns.tsv", per_class=10, header="sentence\tsentiment")
+        return [*train, "--data", "columns.tsv"]
+    if case == "unknown encoder":
+        return ["train", "--data", "ok.tsv", "--encoder", "no-such-encoder", "--out", "out"]
+    if case == "--epochs zero":
+        return ["train", "--data", "ok.tsv", "--epochs", "zero", "--out", "out"]
+    if case == "--epochs 0":
+        return ["train", "--data", "ok.tsv", "--epochs", "0", "--out", "out"]
+    if case == "--epochs abc":
+        return ["train", "--data", "ok.tsv", "--epochs", "abc", "--out", "out"]
+    if case == "--lr -1":
+        return ["train", "--data", "ok.tsv", "--lr", "-1", "--out", "out"]
+    if case == "--batch-size 0":
+        return ["train", "--data", "ok.tsv", "--batch-size", "0", "--out", "out"]
+    if case == "unknown flag":
+        return ["train", "--data", "ok.tsv", "--learning-rate", "1e-3", "--out", "out"]
+    if case == "missing --data":
+        return ["train", "--out", "out"]
+    if case == "out folder not empty":
+        (cwd / "out").mkdir()
+        (cwd / "out" / "keep.txt").write_text("mine", encoding="utf-8")
+        return ["train", "--data", "ok.tsv", "--encoder", "tiny", "--out", "out"]
+    if case == "predict on a folder that is not a model":
+        (cwd / "out").mkdir()
+        (cwd / "out" / "keep.txt").write_text("mine", encoding="utf-8")
+        return ["predict", "out", "a wonderful film"]
+    if case == "predict on a missing folder":
+        return ["predict", "no-such-model", "a wonderful film"]
+    raise AssertionError(case)
+
+
+# case -> a fragment the one error line must hold
+ERRORS = {
+    "missing data path": "no-such-data.tsv",
+    "empty folder": "empty",
+    "single class": "one class",
+    "non-UTF-8 file": "UTF-8",
+    "truncated archive": "truncated",
+    "TSV missing columns": "column",
+    "unknown encoder": "no-such-encoder",
+    "--epochs zero": "epochs",
+    "--epochs 0": "epochs",
+    "--epochs abc": "epochs",
+    "--lr -1": "lr",
+    "--batch-size 0": "batch",
+    "unknown flag": "--learning-rate",
+    "missing --data": "--data",
+    "out folder not empty": "not empty",
+    "predict on a folder that is not a model": "saved_model.pb",
+    "predict on a missing folder": "no-such-model",
+}
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory):
+    """Every bad invocation, each in its own folder, a few at a time."""
+    root = tmp_path_factory.mktemp("cli-errors")
+
+    def run(case: str):
+        cwd = root / re.sub(r"\W+", "-", case).strip("-")
+        cwd.mkdir()
+        args = _setup(case, cwd)
+        before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
+        return case, (cwd, before, cli(*args, cwd=cwd, timeout=300))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(run, ERRORS))
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_user_error_is_one_line_and_exit_status_2(error_runs, case):
+    cwd, before, done = error_runs[case]
+    assert done.returncode == 2, show(done)
+    assert "Traceback" not in done.stderr + done.stdout, show(done)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr:\n{show(done)}"
+    assert ERRORS[case] in lines[0], show(done)
+    assert "error" in lines[0]
+    after = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
+    assert after == before, "a failed command leaves the folder as it was"
+
+
+def test_non_utf8_error_names_the_file(error_runs):
+    _, _, done = error_runs["non-UTF-8 file"]
+    assert "1.txt" in done.stderr and "pos" in done.stderr
+
+
+# --- the check from the issue, on the real IMDB archive ------------------------------------
+
+
+def test_train_on_the_imdb_archive(tmp_path):
+    if not IMDB_ARCHIVE.is_file():
+        pytest.skip(f"the IMDB archive is not at {IMDB_ARCHIVE} (../shared is absent)")
+    done = cli("train", "--data", str(IMDB_ARCHIVE), "--encoder", "tiny", "--max-examples",
+               "400", "--epochs", "2", "--out", "run1", cwd=tmp_path)
+    assert done.returncode == 0, show(done)
+    run = tmp_path / "run1"
+    assert (run / "curves.png").is_file() and (run / "saved_model" / "saved_model.pb").is_file()
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["class_names"] == ["neg", "pos"]
+    assert 1 <= len(metrics["history"]["loss"]) <= 2
+    assert {metrics["data"][f"{s}_examples"] for s in ("train", "validation", "test")} == {400}
+    assert 0 <= metrics["test_accuracy"] <= 1
+    done = cli("predict", "run1/saved_model", "a wonderful film", cwd=tmp_path)
+    assert done.returncode == 0, show(done)
+    assert len(done.stdout.splitlines()) == 1 and PREDICTION.match(done.stdout.strip())
