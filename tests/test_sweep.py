@@ -9,12 +9,9 @@ the ones that count them.
 import csv
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -23,198 +20,27 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_helpers import (
+    IMDB_ARCHIVE,
+    ROOT,
+    STUDY,
+    Background,
+    client_for,
+    error_lines,
+    explain,
+    free_port,
+    http_json,
+    load_study,
+    mlflow_runs,
+    sweep_cli,
+    sweep_env,
+    write_experiment,
+)
 
-from sweep.study import GRACE_SECONDS
+from sweep.study import GRACE_BEATS
 
-ROOT = Path(__file__).resolve().parents[1]
-IMDB_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
-STUDY = "check"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-POSITIVE = ["wonderful", "great", "excellent", "loved", "brilliant"]
-NEGATIVE = ["terrible", "awful", "boring", "hated", "worst"]
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def write_data(path: Path, per_class: int = 150) -> Path:
-    """A TSV of clearly separable reviews: words of one class only, plus 'film'."""
-    rng = random.Random(0)
-    rows = []
-    for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):
-        for _ in range(per_class):
-            review = [rng.choice(words) for _ in range(6)] + ["film"]
-            rng.shuffle(review)
-            rows.append(f"{' '.join(review)}\t{label}")
-    rng.shuffle(rows)
-    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def write_experiment(folder: Path, name: str = "exp.toml", encoder: str = '["tiny"]',
-                     extra_search: str = "") -> Path:
-    """A small experiment beside data.tsv (the data path is relative to the file)."""
-    if not (folder / "data.tsv").exists():
-        write_data(folder / "data.tsv")
-    path = folder / name
-    path.write_text(f"""\
-[data]
-path = "data.tsv"
-max_examples = 60
-
-[search]
-encoder = {encoder}
-{extra_search}
-seq_len = 32
-epochs = 2
-lr = {{ low = 1e-3, high = 5e-3, log = true }}
-batch_size = [16, 32]
-
-[study]
-pruner = "median"
-""", encoding="utf-8")
-    return path
-
-
-def sweep_env(folder: Path) -> dict:
-    """This environment (BERTCLF_CACHE_DIR included), the repository importable, and a
-    private TMPDIR so that the sweep's temporary files can be seen to be gone."""
-    tmp = folder / "tmp"
-    tmp.mkdir(exist_ok=True)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "TMPDIR": str(tmp)}
-
-
-def sweep_cli(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
-                            env=sweep_env(folder), capture_output=True, text=True,
-                            timeout=timeout)
-    result.seconds = time.monotonic() - started
-    return result
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return (f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-            f"\n--- stderr\n{result.stderr[-4000:]}")
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
-
-
-def client_for(folder: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-
-
-def load_study(folder: Path, name: str = STUDY) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
-
-
-@dataclass
-class Runs:
-    experiment_id: str
-    parents: list
-    children: list
-
-    @property
-    def parent(self):
-        assert len(self.parents) == 1, [r.info.run_name for r in self.parents]
-        return self.parents[0]
-
-    def by_name(self) -> dict:
-        return {r.info.run_name: r for r in self.children}
-
-    def running(self) -> list[str]:
-        return [r.info.run_name for r in self.parents + self.children
-                if r.info.status == "RUNNING"]
-
-
-def mlflow_runs(folder: Path, name: str = STUDY) -> Runs:
-    client = client_for(folder)
-    experiment = client.get_experiment_by_name(name)
-    assert experiment is not None, f"no MLflow experiment named {name!r}"
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return Runs(experiment.experiment_id, parents, children)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-class Background:
-    """A sweep command in its own process group, its output collected line by line."""
-
-    def __init__(self, folder: Path, *args: str):
-        self.stderr_path = folder / f"stderr-{time.monotonic_ns()}.txt"
-        self._stderr = open(self.stderr_path, "w")  # closed in wait()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
-            env=sweep_env(folder), stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for_line(self, prefix: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(prefix) for line in self.lines):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.kill()
-        pytest.fail(f"no line {prefix!r} from the sweep:\n{self.output()}")
-
-    def signal(self, signum: int) -> None:
-        os.killpg(self.process.pid, signum)
-
-    def wait(self, timeout: float = 120) -> int:
-        try:
-            code = self.process.wait(timeout)
-        finally:
-            self._reader.join(10)
-            self._stderr.close()
-        return code
-
-    def kill(self) -> None:
-        try:
-            self.signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.wait()
-
-    def output(self) -> str:
-        stderr = self.stderr_path.read_text(errors="replace")[-3000:]
-        return "\n".join(self.lines) + "\n--- stderr\n" + stderr
-
-    def group_is_gone(self, timeout: float = 20) -> bool:
-        """True once no process of its group (the sweep, its trial process) is left."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.3)
-        return False
+HEARTBEAT = 2  # seconds: a killed worker's trial is found dead 3 beats later
 
 
 # --- the shared sweep ----------------------------------------------------------------------
@@ -636,7 +462,7 @@ def killed(stop_folder) -> Killed:
     """A sweep killed with SIGKILL (no chance to clean up) while its trial runs."""
     before = len(load_study(stop_folder, "stop").trials)
     sweep = Background(stop_folder, "run", "--trials", 2, "--experiment", "exp.toml",
-                       "--study", "stop")
+                       "--study", "stop", "--heartbeat", HEARTBEAT)
     sweep.wait_for_line(f"trial {before} started:")
     deadline = time.monotonic() + 60
     while f"trial-{before}" not in mlflow_runs(stop_folder, "stop").running():
@@ -692,16 +518,16 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
 
 
 def test_next_run_fails_the_killed_trial_and_continues(killed):
-    """Once the dead trial's heartbeat is GRACE_SECONDS old, the next `run` fails it in
+    """Once the dead trial's heartbeat is GRACE_BEATS beats old, the next `run` fails it in
     Optuna and in MLflow, then continues the study (checked here in --in-process mode).
 
     A run started within the grace period must leave it alone (it could belong to a live
     worker elsewhere), so this waits out what is left of the grace period; the tests that
     come before it in this file usually use it up.
     """
-    time.sleep(max(0.0, killed.at + GRACE_SECONDS + 1 - time.monotonic()))
+    time.sleep(max(0.0, killed.at + GRACE_BEATS * HEARTBEAT + 1 - time.monotonic()))
     result = sweep_cli(killed.folder, "run", "--trials", 1, "--experiment", "exp.toml",
-                       "--study", "stop", "--in-process")
+                       "--study", "stop", "--in-process", "--heartbeat", HEARTBEAT)
     assert result.returncode == 0, explain(result)
     assert "ended 1 run(s) left RUNNING" in result.stdout, result.stdout
     number = killed.number
@@ -728,8 +554,6 @@ def test_next_run_fails_the_killed_trial_and_continues(killed):
 
 @pytest.mark.skipif(not IMDB_ARCHIVE.is_file(),
                     reason=f"the IMDB archive is not at {IMDB_ARCHIVE}")
-@pytest.mark.skipif(not os.environ.get("SWEEP_SLOW_TESTS"),
-                    reason="about 2 minutes on 2 cores: set SWEEP_SLOW_TESTS=1 to run it")
 def test_quick_experiment_runs_one_trial(tmp_path):
     result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment",
                        ROOT / "experiments" / "quick.toml", "--study", "quick", timeout=600)

@@ -1,0 +1,161 @@
+"""Issue 7: parallel workers on one study (SQLite, and PostgreSQL where CI provides it), and
+trials that die of resource faults (the OOM killer, NaN loss, a full disk) while the sweep
+goes on. Crashes of the sweep itself (SIGKILL, Ctrl-C) are in test_sweep.py."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from sweep_helpers import (
+    Background,
+    explain,
+    load_study,
+    mlflow_runs,
+    sweep_cli,
+    sweep_env,
+    write_experiment,
+)
+
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+POSTGRES_MLFLOW_URL = os.environ.get("SWEEP_TEST_POSTGRES_MLFLOW_URL")
+
+
+def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, trials: int) -> None:
+    """Exactly `trials` finished trials numbered 0..trials-1, one parent run, and exactly one
+    finished child run per trial."""
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(trials)), numbers
+    assert all(t.state.name == "COMPLETE" for t in study.trials), [t.state for t in study.trials]
+    experiment = client.get_experiment_by_name(study.study_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(
+        range(trials))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_workers_flag_runs_exactly_the_requested_trials(tmp_path):
+    write_experiment(tmp_path)
+    result = sweep_cli(tmp_path, "run", "--trials", 3, "--workers", 2, "--experiment",
+                       "exp.toml", "--study", "par")
+    assert result.returncode == 0, explain(result)
+    assert_one_run_per_trial(load_study(tmp_path, "par"),
+                             MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), 3)
+
+
+def run_two_commands(folder: Path, study: str, *store_flags: str) -> None:
+    """Two `sweep run --trials 2` commands started together on one new study."""
+    commands = [Background(folder, "run", "--trials", 2, "--experiment", "exp.toml",
+                           "--study", study, *store_flags) for _ in range(2)]
+    for command in commands:
+        assert command.wait(600) == 0, command.output()
+
+
+def test_separate_commands_share_one_sqlite_study(tmp_path):
+    write_experiment(tmp_path)
+    run_two_commands(tmp_path, "shared")
+    assert_one_run_per_trial(load_study(tmp_path, "shared"),
+                             MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), 4)
+
+
+@pytest.mark.skipif(not (POSTGRES_URL and POSTGRES_MLFLOW_URL),
+                    reason="SWEEP_TEST_POSTGRES_URL and SWEEP_TEST_POSTGRES_MLFLOW_URL are "
+                           "unset (.ci/run starts PostgreSQL and sets them)")
+def test_separate_commands_share_one_postgres_study(tmp_path):
+    write_experiment(tmp_path)
+    study = f"pg-{uuid.uuid4().hex[:8]}"  # the database outlives the test
+    run_two_commands(tmp_path, study, "--storage", POSTGRES_URL,
+                     "--tracking-uri", POSTGRES_MLFLOW_URL)
+    assert_one_run_per_trial(optuna.load_study(study_name=study, storage=POSTGRES_URL),
+                             MlflowClient(POSTGRES_MLFLOW_URL), 4)
+
+
+def trial_processes(sweep_pid: int) -> list[int]:
+    """The sweep's trial processes (its multiprocessing children running spawn_main)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == sweep_pid and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_trial_killed_like_the_oom_killer_fails_and_the_sweep_goes_on(tmp_path):
+    write_experiment(tmp_path)
+    sweep = Background(tmp_path, "run", "--trials", 2, "--experiment", "exp.toml",
+                       "--study", "oom")
+    sweep.wait_for_line("trial 0 started:")
+    deadline = time.monotonic() + 120
+    while not (victims := trial_processes(sweep.process.pid)):
+        assert time.monotonic() < deadline, sweep.output()
+        time.sleep(0.2)
+    time.sleep(3)  # into its imports or training
+    os.kill(victims[0], signal.SIGKILL)
+    assert sweep.wait(600) == 0, sweep.output()
+    first, second = load_study(tmp_path, "oom").trials
+    assert first.state.name == "FAIL"
+    assert "died (signal SIGKILL)" in first.user_attrs["error"]
+    assert second.state.name == "COMPLETE"
+    runs = mlflow_runs(tmp_path, "oom").by_name()
+    assert runs["trial-0"].info.status == "FAILED"
+    assert "SIGKILL" in runs["trial-0"].data.tags["error"]
+    assert runs["trial-1"].info.status == "FINISHED"
+
+
+def test_nan_loss_fails_the_trial_with_the_reason(tmp_path):
+    write_experiment(tmp_path, extra_search="lr_schedule = \"constant\"")
+    text = (tmp_path / "exp.toml").read_text()
+    (tmp_path / "exp.toml").write_text(text.replace("lr = { low = 1e-3, high = 5e-3, log = true }",
+                                                    "lr = 1e9"))
+    result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", "nan")
+    assert result.returncode == 0, explain(result)
+    (trial,) = load_study(tmp_path, "nan").trials
+    assert trial.state.name == "FAIL"
+    assert "NaN" in trial.user_attrs["error"], trial.user_attrs
+    assert "NaN" in mlflow_runs(tmp_path, "nan").by_name()["trial-0"].data.tags["error"]
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sys, runpy
+limit = int(sys.argv.pop(1))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv[0] = "sweep"
+runpy.run_module("sweep", run_name="__main__")
+"""
+
+
+def test_full_disk_while_saving_fails_the_trial_and_the_sweep_goes_on(tmp_path):
+    """Files may not grow past 2 MB: the stores stay below it, the exported model's 4 MB of
+    weights do not, so the trial fails saving it, as on a full disk."""
+    from bertclf.encoders import resolve_handle
+
+    resolve_handle("builtin:tiny/encoder")  # built before the limit applies
+    write_experiment(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(2 * 1024 * 1024), "run", "--trials", "2",
+         "--experiment", "exp.toml", "--study", "full"],
+        cwd=tmp_path, env=sweep_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, explain(result)
+    trials = load_study(tmp_path, "full").trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("File too large" in t.user_attrs["error"] for t in trials), [
+        t.user_attrs["error"] for t in trials]
+    runs = mlflow_runs(tmp_path, "full")
+    assert runs.running() == []
+    assert {r.info.status for r in runs.children} == {"FAILED"}
