@@ -189,7 +189,7 @@ def test_same_seed_same_history(tmp_path, monkeypatch, built_by):
                 "load_encoder_layer(get_encoder('tiny'))")
         subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(),
                        capture_output=True, timeout=300)
-        assert (tmp_path / "cache" / "models" / "tiny" / "encoder" / "saved_model.pb").is_file()
+        assert list((tmp_path / "cache" / "models").glob("*/encoder/saved_model.pb"))
     dataset = small_dataset(5)
     settings = config(epochs=1)
     first = train(settings, dataset=dataset, verbose=0)
