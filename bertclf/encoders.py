@@ -97,6 +97,7 @@ def _import_minilm(dest: Path) -> tuple[Path, Path]:
 
 # builtin:NAME/{encoder,preprocess} -> what writes NAME's two SavedModels into a folder
 BUILTIN_MODELS = {"tiny": _build_tiny, "minilm": _import_minilm}
+BUILTIN_VERSION = 2  # part of the cache folder's name: bump when the built models change
 
 
 def resolve_handle(handle: str) -> str:
@@ -106,7 +107,8 @@ def resolve_handle(handle: str) -> str:
         if model not in BUILTIN_MODELS or part not in ("encoder", "preprocess"):
             raise EncoderError(f"unknown built-in handle {handle!r}: built-in models are "
                                f"{', '.join(BUILTIN_MODELS)}, parts encoder and preprocess")
-        encoder_dir, preprocess_dir = BUILTIN_MODELS[model](cache_dir() / "models" / model)
+        folder = cache_dir() / "models" / f"{model}-v{BUILTIN_VERSION}"
+        encoder_dir, preprocess_dir = BUILTIN_MODELS[model](folder)
         return str(encoder_dir if part == "encoder" else preprocess_dir)
     if "://" not in handle and not (Path(handle) / "saved_model.pb").is_file():
         raise EncoderError(f"encoder handle {handle}: not a SavedModel folder "

@@ -243,8 +243,11 @@ def encoder_weights(model: tf.keras.Model) -> dict[str, tf.Variable]:
     return {w.name.removesuffix(":0"): w for w in model.weights}
 
 
-def save_encoder(model: tf.keras.Model, path: str | Path) -> None:
+def save_encoder(model: tf.keras.Model, path: str | Path, seed: int = 0) -> None:
     """Write ``model`` as a SavedModel that ``hub.KerasLayer(path, trainable=True)`` fine-tunes."""
+    # Tracing under a fixed global seed gives the saved dropout ops fixed seeds, so training
+    # from the SavedModel is reproducible (unseeded ops would draw new masks every run).
+    tf.random.set_seed(seed)
     # The Keras SavedModel root keeps variables/trainable_variables lists and traces
     # __call__ for training=True and False, which is what hub.KerasLayer needs.
     model.save(str(path), include_optimizer=False, save_format="tf")

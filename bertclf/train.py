@@ -102,10 +102,10 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
                                label_column=config.label_column,
                                val_fraction=config.val_fraction,
                                max_examples=config.example_caps(), seed=config.seed)
-    tf.keras.utils.set_random_seed(config.seed)
-
     splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)
               for name in ("train", "validation", "test")}
+    # After tokenizing: building a built-in encoder on first use draws random numbers too.
+    tf.keras.utils.set_random_seed(config.seed)
     eval_batch = config.eval_batch_size or 4 * config.batch_size
     train_ds = make_dataset(splits["train"], config.batch_size, config.seq_len,
                             bucket=config.bucket, shuffle=True, seed=config.seed)
