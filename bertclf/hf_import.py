@@ -60,7 +60,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 IMPORT_RECORD = "import.json"
-IMPORTER_VERSION = 1  # part of an import's key: bump when the written models change
+IMPORTER_VERSION = 2  # part of an import's key: bump when the written models change
 
 # Hugging Face config class defaults, for keys a config.json leaves out.
 _DEFAULTS = {
