@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -24,10 +25,16 @@ def open_storage(url: str,
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     kwargs = ({"heartbeat_interval": heartbeat, "grace_period": GRACE_BEATS * heartbeat}
               if heartbeat else {})
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as e:
-        raise UserError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as e:
+            # Workers that start together on a new database race to create its tables; the
+            # loser sees "already exists" and finds the tables there when it tries again.
+            if "already exists" not in str(e) or attempt == 4:
+                raise UserError(f"cannot open Optuna storage {url}: "
+                                f"{str(e).splitlines()[0]}") from None
+            time.sleep(1 + attempt)
 
 
 def make_pruner(kind: str) -> optuna.pruners.BasePruner:
