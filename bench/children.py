@@ -1,0 +1,160 @@
+"""Work that runs in fresh spawned processes, the way sweep runs its trials.
+
+Only the standard library is imported at the top: a spawned child imports this module
+before it starts, and whatever it imports here would count as the child's start-up.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+
+class ChildFailed(RuntimeError):
+    """A benchmark child process raised or died."""
+
+
+def spawn(target: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """Run `target(*args)` in a fresh spawned process: (its return value, wall seconds from
+    before the spawn to after the process ended)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    started = time.perf_counter()
+    # Not a daemon: daemons may not start processes, and some targets run trials.
+    process = context.Process(target=_entry, args=(target, args, sender))
+    process.start()
+    sender.close()
+    try:
+        kind, payload = receiver.recv()
+    except EOFError:
+        kind, payload = "error", "the process died without answering"
+    except BaseException:  # Ctrl-C: do not leave it running
+        process.kill()
+        process.join()
+        raise
+    process.join()
+    wall = time.perf_counter() - started
+    if kind == "error":
+        raise ChildFailed(f"{target.__name__}: {payload}")
+    return payload, wall
+
+
+def _entry(target: Callable[..., Any], args: tuple, connection) -> None:
+    try:
+        connection.send(("ok", target(*args)))
+    except BaseException as e:  # everything must reach the parent
+        traceback.print_exc()
+        connection.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def vm_rss_mb() -> float:
+    """This process's resident memory now (VmRSS of /proc/self/status), in MB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
+    """A bare Keras fit + evaluate of the trial's config and data: the same token ids (from the
+    cache), batches, model, optimizer and epochs, without the harness (no MLflow, Optuna,
+    early stopping, curves or export). Returns timestamps as `timed_trial` does."""
+    stamps = {"spawned": spawned_at, "entered": time.time()}
+    import tensorflow as tf  # tf-keras: the bench package has imported bertclf first
+
+    from bertclf.config import TrainConfig
+    from bertclf.encoders import get_encoder
+    from bertclf.model import build_classifier, loss_and_metric
+    from bertclf.optim import make_optimizer
+    from bertclf.tokens import make_dataset, steps_per_epoch, token_ids
+    from bertclf.train import use_jit
+
+    cfg = TrainConfig(**config)
+    spec = get_encoder(cfg.encoder, cfg.encoder_map)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    ids = {name: token_ids(spec, getattr(dataset, name), cfg.seq_len)
+           for name in ("train", "validation", "test")}
+    eval_batch = cfg.eval_batch_size or 4 * cfg.batch_size
+    train_ds = make_dataset(ids["train"], cfg.batch_size, cfg.seq_len, bucket=cfg.bucket,
+                            shuffle=True, seed=cfg.seed)
+    val_ds, test_ds = (make_dataset(ids[n], eval_batch, cfg.seq_len, bucket=cfg.bucket)
+                       for n in ("validation", "test"))
+    steps = steps_per_epoch(ids["train"], cfg.batch_size, cfg.seq_len, cfg.bucket)
+    model = build_classifier(spec, len(dataset.class_names), cfg.dropout)
+    loss, metric = loss_and_metric(len(dataset.class_names))
+    optimizer = make_optimizer(lr=cfg.lr, lr_schedule=cfg.lr_schedule,
+                               warmup_fraction=cfg.warmup_fraction,
+                               weight_decay=cfg.weight_decay, wd_schedule=cfg.wd_schedule,
+                               total_steps=steps * cfg.epochs)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[metric],
+                  jit_compile=use_jit(cfg))
+    stamps["fit_started"] = time.time()
+    verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.train does
+    first_step = tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: stamps.setdefault("first_step", time.time()))
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose,
+              callbacks=[first_step])
+    stamps["fit_ended"] = time.time()
+    model.evaluate(test_ds, verbose=0)
+    stamps["done"] = time.time()
+    return stamps
+
+
+def timed_trial(job, spawned_at: float) -> dict:
+    """sweep.trial.run_job(job), as run_in_child runs it, with timestamps: when this process
+    started running Python code of ours, when run_job called train (imports and stores done),
+    when fit began (cached ids loaded, model built), when the first training step ended,
+    when fit ended, and when the trial (evaluation, logging, export) was done."""
+    stamps = {"spawned": spawned_at, "entered": time.time()}
+    import tensorflow as tf
+
+    import bertclf.train as training
+    from sweep.trial import run_job
+
+    class Stamps(tf.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            stamps.setdefault("fit_started", time.time())
+
+        def on_train_batch_end(self, batch, logs=None):
+            stamps.setdefault("first_step", time.time())
+
+        def on_train_end(self, logs=None):
+            stamps["fit_ended"] = time.time()
+
+    original = training.train
+
+    def stamped_train(*args, **kwargs):
+        stamps["train_called"] = time.time()
+        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), Stamps()]
+        return original(*args, **kwargs)
+
+    training.train = stamped_train  # run_job imports it when called
+    outcome = run_job(job)
+    stamps["done"] = time.time()
+    return {"stamps": stamps, "outcome": outcome}
+
+
+def sequential_trials(jobs: list) -> list[dict]:
+    """sweep.trial.run_in_child for each job in turn, from this light process (no TensorFlow)
+    as from a sweep's parent: a spawned trial's ru_maxrss starts at its parent's peak RSS, so
+    a parent that has trained models itself would hide the trials' own peaks."""
+    from sweep.trial import run_in_child
+
+    return [run_in_child(job) for job in jobs]
+
+
+def in_process_trials(jobs: list) -> list[float]:
+    """sweep's in-process mode: run_job for each job in this one process; VmRSS (MB) before
+    the first and after each."""
+    from sweep.trial import run_job
+
+    rss = [vm_rss_mb()]
+    for job in jobs:
+        run_job(job)
+        rss.append(vm_rss_mb())
+    return rss
