@@ -43,6 +43,18 @@ class TrialJob:
     trial_id: int
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory (ru_maxrss would include the peak of the
+    parent it was spawned from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _epoch_logger(client, run_id: str):
     import tensorflow as tf
 
@@ -92,7 +104,7 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
     outcome = {"best_val_accuracy": result.val_accuracy, "best_val_loss": result.val_loss,
                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+               "peak_rss_mb": _peak_rss_mb()}
     log_metrics(client, job.run_id, outcome)  # the per-epoch curves are logged with steps
     with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
         paths = save_run(result, tmp)
