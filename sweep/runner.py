@@ -12,7 +12,7 @@ from bertclf.encoders import get_encoder
 from sweep.experiment import Experiment
 from sweep.space import suggest_config
 from sweep.tracking import Tracker
-from sweep.trial import TrialJob, run_in_child, run_job
+from sweep.trial import TrialJob, TrialProcesses, run_job
 
 
 def _short(values: dict) -> str:
@@ -43,6 +43,7 @@ class Sweep:
         self.tracker = tracker
         self.storage_url = storage_url
         self.in_process = in_process
+        self.processes = TrialProcesses()
 
     def objective(self, trial: optuna.Trial) -> float:
         config = suggest_config(trial, self.experiment)
@@ -54,7 +55,7 @@ class Sweep:
                        tracking_uri=self.tracker.tracking_uri, storage_url=self.storage_url,
                        study_name=self.study.study_name, trial_id=trial._trial_id)
         try:
-            outcome = run_job(job, trial) if self.in_process else run_in_child(job)
+            outcome = run_job(job, trial) if self.in_process else self.processes.run(job)
         except optuna.TrialPruned as e:
             self.tracker.end_trial(run_id, "PRUNED", error=str(e))
             raise
@@ -89,8 +90,11 @@ class Sweep:
         """Run exactly `trials` more trials (fewer if the time budget runs out), `workers`
         trial processes at a time."""
         started = time.perf_counter()
-        self.study.optimize(self.objective, n_trials=trials, timeout=timeout_seconds,
-                            n_jobs=workers, catch=(Exception,), callbacks=[self.after_trial],
-                            gc_after_trial=False)
+        try:
+            self.study.optimize(self.objective, n_trials=trials, timeout=timeout_seconds,
+                                n_jobs=workers, catch=(Exception,),
+                                callbacks=[self.after_trial], gc_after_trial=False)
+        finally:
+            self.processes.close()
         print(f"sweep: {trials} trial(s) requested, done in "
               f"{time.perf_counter() - started:.0f}s", flush=True)

@@ -13,6 +13,7 @@ import multiprocessing
 import resource
 import signal
 import tempfile
+import threading
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -123,10 +124,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_main(job: TrialJob, connection) -> None:
+def _preload() -> None:
+    """Import what every trial needs (TensorFlow above all) before the job arrives."""
+    import mlflow  # noqa: F401
+    import optuna_integration  # noqa: F401
+
+    import bertclf.artifacts  # noqa: F401
+    import bertclf.train  # noqa: F401
+
+
+def _child_main(connection) -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _preload()
+    job = connection.recv()
+    if job is None:  # a spare that was not needed
+        return
     try:
         connection.send(("ok", run_job(job)))
     except optuna.TrialPruned as e:
@@ -136,29 +150,73 @@ def _child_main(job: TrialJob, connection) -> None:
         connection.send(("error", f"{type(e).__name__}: {e}"))
 
 
+class TrialProcess:
+    """A spawned process that starts importing TensorFlow at once, then runs one job."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_child_main, args=(child_end,), daemon=True)
+        self.process.start()
+        child_end.close()  # so recv() sees EOF if the child dies without answering
+
+    def run(self, job: TrialJob) -> dict:
+        """Run `job`; raise TrialPruned or TrialFailed as the trial did."""
+        try:
+            self.connection.send(job)
+            message = self.connection.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            message = None
+        except BaseException:  # Ctrl-C: stop the trial's process before giving up the trial
+            self.process.kill()
+            self.process.join()
+            raise
+        self.process.join()
+        if message is None:
+            code = self.process.exitcode
+            how = (f"signal {signal.Signals(-code).name}" if code and code < 0
+                   else f"exit code {code}")
+            raise TrialFailed(f"trial process died ({how}), e.g. out of memory")
+        kind, payload = message
+        if kind == "pruned":
+            raise optuna.TrialPruned(payload)
+        if kind == "error":
+            raise TrialFailed(payload)
+        return payload
+
+    def close(self) -> None:
+        """End a process that got no job."""
+        try:
+            self.connection.send(None)
+        except OSError:
+            pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+class TrialProcesses:
+    """A fresh process for every trial, the next one started while the current one trains,
+    so that its TensorFlow imports are done by the time it gets its job."""
+
+    def __init__(self):
+        self._spares: list[TrialProcess] = []
+        self._lock = threading.Lock()  # workers run trials from several threads
+
+    def run(self, job: TrialJob) -> dict:
+        with self._lock:
+            process = self._spares.pop() if self._spares else TrialProcess()
+            self._spares.append(TrialProcess())
+        return process.run(job)
+
+    def close(self) -> None:
+        with self._lock:
+            for spare in self._spares:
+                spare.close()
+            self._spares.clear()
+
+
 def run_in_child(job: TrialJob) -> dict:
-    """Run the job in a fresh spawned process; raise TrialPruned or TrialFailed as it did."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child_main, args=(job, sender), daemon=True)
-    process.start()
-    sender.close()  # so recv() sees EOF if the child dies without answering
-    try:
-        message = receiver.recv()
-    except EOFError:
-        message = None
-    except BaseException:  # Ctrl-C: stop the trial's process before giving up the trial
-        process.kill()
-        process.join()
-        raise
-    process.join()
-    if message is None:
-        code = process.exitcode
-        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        raise TrialFailed(f"trial process died ({how}), e.g. out of memory")
-    kind, payload = message
-    if kind == "pruned":
-        raise optuna.TrialPruned(payload)
-    if kind == "error":
-        raise TrialFailed(payload)
-    return payload
+    """Run the job in one fresh spawned process (imports included, nothing started ahead)."""
+    return TrialProcess().run(job)
