@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 
 from bertclf.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+T = TypeVar("T")
 HEARTBEAT_SECONDS = 10  # a running trial's pulse; after 3 missed beats it counts as dead
 GRACE_BEATS = 3
 GRACE_SECONDS = GRACE_BEATS * HEARTBEAT_SECONDS  # with the default heartbeat
@@ -25,16 +29,28 @@ def open_storage(url: str,
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     kwargs = ({"heartbeat_interval": heartbeat, "grace_period": GRACE_BEATS * heartbeat}
               if heartbeat else {})
-    for attempt in range(5):
+    return retry_schema_race(
+        lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs),
+        f"Optuna storage {url}")
+
+
+# What the losers of a race to create a new database's tables (or a study's experiment) see.
+SCHEMA_RACE = ("already exists", "duplicate key", "alembic_version",
+               "expected to match one row")
+
+
+def retry_schema_race(open_store: Callable[[], T], what: str, attempts: int = 6) -> T:
+    """Call `open_store`, trying again while it fails the way a worker does that starts
+    together with others on a new database: the winner's tables are there the next time.
+    Any other failure is a UserError at once."""
+    for attempt in itertools.count(1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return open_store()
         except Exception as e:
-            # Workers that start together on a new database race to create its tables; the
-            # loser sees "already exists" and finds the tables there when it tries again.
-            if "already exists" not in str(e) or attempt == 4:
-                raise UserError(f"cannot open Optuna storage {url}: "
-                                f"{str(e).splitlines()[0]}") from None
-            time.sleep(1 + attempt)
+            message = str(e).strip() or type(e).__name__
+            if attempt >= attempts or not any(s in message for s in SCHEMA_RACE):
+                raise UserError(f"cannot open {what}: {message.splitlines()[0][:300]}") from None
+            time.sleep(attempt)
 
 
 def make_pruner(kind: str) -> optuna.pruners.BasePruner:

@@ -14,7 +14,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from bertclf.config import TrainConfig
-from bertclf.errors import UserError
+from sweep.study import retry_schema_race
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -36,15 +36,16 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, study: optuna.Study, created: bool = True):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
         self.study = study
-        try:
-            experiment = self.client.get_experiment_by_name(study.study_name)
-            self.experiment_id = (experiment.experiment_id if experiment else
-                                  self.client.create_experiment(study.study_name))
-        except Exception as e:
-            raise UserError(f"cannot use MLflow tracking at {tracking_uri}: "
-                            f"{str(e).splitlines()[0][:300]}") from None
+
+        def open_experiment() -> tuple[MlflowClient, str]:
+            client = MlflowClient(tracking_uri)
+            experiment = client.get_experiment_by_name(study.study_name)
+            return client, (experiment.experiment_id if experiment else
+                            client.create_experiment(study.study_name))
+
+        self.client, self.experiment_id = retry_schema_race(
+            open_experiment, f"MLflow tracking at {tracking_uri}")
         self.parent_run_id = self._parent_run(created)
 
     def _parent_run(self, created: bool) -> str:
