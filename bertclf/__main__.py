@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -123,20 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(prog: str, command: Callable[[], int | None]) -> int:
+    """Run a command line's work: user errors are one stderr line and exit status 2, a
+    failed training run 1, Ctrl-C 130."""
     try:
-        args.run(args)
+        return command() or 0
     except UserError as e:
-        print(f"bertclf: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"bertclf: failed: {e}", file=sys.stderr)
+        print(f"{prog}: failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bertclf: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("bertclf", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from bertclf.__main__ import ArgumentParser
+from bertclf.__main__ import ArgumentParser, run_command
 from bertclf.errors import UserError
 from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
 from sweep.tracking import DEFAULT_TRACKING_URI
@@ -243,14 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"sweep: error: --{flag} must be at least 1", file=sys.stderr)
             return 2
-    try:
-        return args.run(args)
-    except UserError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sweep: interrupted", file=sys.stderr)
-        return 130
+    return run_command("sweep", lambda: args.run(args))
 
 
 if __name__ == "__main__":
