@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import time
 from collections.abc import Callable
@@ -31,7 +33,7 @@ def open_storage(url: str,
               if heartbeat else {})
     return retry_schema_race(
         lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs),
-        f"Optuna storage {url}")
+        f"Optuna storage {url}", url)
 
 
 # What the losers of a race to create a new database's tables (or a study's experiment) see.
@@ -39,13 +41,29 @@ SCHEMA_RACE = ("already exists", "duplicate key", "alembic_version",
                "expected to match one row")
 
 
-def retry_schema_race(open_store: Callable[[], T], what: str, attempts: int = 6) -> T:
-    """Call `open_store`, trying again while it fails the way a worker does that starts
-    together with others on a new database: the winner's tables are there the next time.
-    Any other failure is a UserError at once."""
+@contextlib.contextmanager
+def _sqlite_lock(url: str):
+    """Hold an exclusive lock beside a SQLite database: SQLite cannot roll back a schema
+    migration half done, so workers on one machine create and upgrade tables one at a time."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
+                      attempts: int = 6) -> T:
+    """Call `open_store` on the database at `url`, trying again while it fails the way a
+    worker does that starts together with others on a new database (the winner's tables are
+    there the next time). Any other failure is a UserError at once."""
     for attempt in itertools.count(1):
         try:
-            return open_store()
+            with _sqlite_lock(url):
+                return open_store()
         except Exception as e:
             message = str(e).strip() or type(e).__name__
             if attempt >= attempts or not any(s in message for s in SCHEMA_RACE):

@@ -45,7 +45,7 @@ class Tracker:
                             client.create_experiment(study.study_name))
 
         self.client, self.experiment_id = retry_schema_race(
-            open_experiment, f"MLflow tracking at {tracking_uri}")
+            open_experiment, f"MLflow tracking at {tracking_uri}", tracking_uri)
         self.parent_run_id = self._parent_run(created)
 
     def _parent_run(self, created: bool) -> str:
