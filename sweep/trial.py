@@ -139,8 +139,6 @@ def _child_main(connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()
     job = connection.recv()
-    if job is None:  # a spare that was not needed
-        return
     try:
         connection.send(("ok", run_job(job)))
     except optuna.TrialPruned as e:
@@ -185,15 +183,10 @@ class TrialProcess:
         return payload
 
     def close(self) -> None:
-        """End a process that got no job."""
-        try:
-            self.connection.send(None)
-        except OSError:
-            pass
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+        """End a process that got no job (it holds nothing worth waiting for)."""
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
 
 
 class TrialProcesses:
