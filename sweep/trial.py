@@ -7,13 +7,13 @@ an error goes back to the parent either way.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
+import os
 import resource
 import signal
 import tempfile
 import threading
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -116,12 +116,18 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
 
 
 def _die_with_parent() -> None:
-    """Linux: have the kernel kill this process if the sweep process dies (even SIGKILLed)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    """End this process within a second of the sweep process dying, even SIGKILLed.
+
+    (Linux's PR_SET_PDEATHSIG would follow the thread that started the process, and a
+    sweep's worker threads come and go while the processes they start live on.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _preload() -> None:

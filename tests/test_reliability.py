@@ -32,7 +32,8 @@ def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, trials: 
     finished child run per trial."""
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(trials)), numbers
-    assert all(t.state.name == "COMPLETE" for t in study.trials), [t.state for t in study.trials]
+    assert all(t.state.name == "COMPLETE" for t in study.trials), [
+        (t.number, t.state.name, t.user_attrs.get("error")) for t in study.trials]
     experiment = client.get_experiment_by_name(study.study_name)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
