@@ -45,13 +45,20 @@ def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, trials: 
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_workers_flag_runs_exactly_the_requested_trials(tmp_path):
+def test_workers_flag_runs_exactly_the_requested_trials(tmp_path, monkeypatch):
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # the sweep's environment
     write_experiment(tmp_path)
     result = sweep_cli(tmp_path, "run", "--trials", 3, "--workers", 2, "--experiment",
                        "exp.toml", "--study", "par")
     assert result.returncode == 0, explain(result)
     assert_one_run_per_trial(load_study(tmp_path, "par"),
                              MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), 3)
+    # Nothing from the environment reaches the stores, the artifacts or the output.
+    stored = [tmp_path / "mlflow.db", tmp_path / "optuna.db",
+              *(p for p in (tmp_path / "mlruns").rglob("*") if p.is_file())]
+    leaks = [p for p in stored if secret.encode() in p.read_bytes()]
+    assert leaks == [] and secret not in result.stdout + result.stderr, leaks
 
 
 def run_two_commands(folder: Path, study: str, *store_flags: str) -> None:
