@@ -28,7 +28,7 @@ from bertclf.hub_models import (
 from bertclf.model import build_classifier, loss_and_metric, text_classifier
 from bertclf.optim import make_optimizer
 from bertclf.tokens import TokenIds, make_dataset, token_ids
-from sweep.trial import TrialJob, run_in_child
+from sweep.trial import TrialJob, TrialProcess, run_in_child
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ QUICK = Plan(examples=512, batch_size=32, throughput_examples=192, rounds=2,
              matmul_repeats=5, memory_trials=3, memory_sizes=(64, 32, 32))
 
 WARMUP_BATCHES = 2  # the first steps trace the train function: never timed
+SPARE_HEAD_START = 20  # row 6: seconds a spare trial process gets before its job
 L2_H128 = dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)
 L4_H512 = dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048)
 # The uncased BERT WordPiece vocab (30522) as the TF Hub BERTs use it, from the MiniLM
@@ -380,7 +381,9 @@ def rows_memory(ctx: Context) -> list[Row]:
 
 
 def row_startup(ctx: Context) -> list[Row]:
-    """6. A trial process's time from spawn to its first training step vs its training time."""
+    """6. A trial's start-up (job handed over -> training starts) vs its training time,
+    as a sweep runs its trials: each process is started ahead, while the previous trial
+    trains, so its imports are done when the job arrives. A cold process is timed too."""
     config = trial_config(ctx, ctx.plan.trial_epochs)
     data = take(ctx.dataset, ctx.plan.trial_sizes)
     warm_token_cache(ctx.tiny, data, 128)
@@ -390,10 +393,20 @@ def row_startup(ctx: Context) -> list[Row]:
     ended = time.time()
     stores.finish(job, result["outcome"])
     s = {**result["stamps"], "exited": ended}
-    startup = s["first_step"] - s["spawned"]
-    training = s["fit_ended"] - s["fit_started"]
-    note = (f"run_job in a spawned process as run_in_child runs it, timestamped: {phases(s)}; "
-            f"start-up = {startup / 60:.0%} of a 1-minute trial")
+    cold = s["first_step"] - s["spawned"]
+
+    process = TrialProcess()  # what TrialProcesses starts while the previous trial trains
+    time.sleep(SPARE_HEAD_START)
+    job = stores.job(config, data)
+    outcome = process.run(job)
+    stores.finish(job, outcome)
+    startup, training = outcome["startup_seconds"], outcome["train_seconds"]
+    note = (f"a trial process started {SPARE_HEAD_START}s ahead, as the sweep does while "
+            f"the previous trial trains: job handed over -> fit starts (stores, cached ids, "
+            f"model build) {startup:.1f}s = {startup / 60:.0%} of a 1-minute trial; the first "
+            f"step's tracing counts as training, as in a bare fit. A cold process "
+            f"(the sweep's first trial), timestamped: {phases(s)}; start-up {cold:.1f}s = "
+            f"{cold / 60:.0%} of a 1-minute trial")
     return [Row("6. trial start-up vs its training time", startup, training, "s", "< 0.10",
                 startup / training < 0.10, note)]
 

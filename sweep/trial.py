@@ -56,13 +56,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _epoch_logger(client, run_id: str):
+def _epoch_logger(client, run_id: str, started: float):
     import tensorflow as tf
 
     from sweep.tracking import log_metrics
 
     class EpochLogger(tf.keras.callbacks.Callback):
-        """Per-epoch loss/accuracy (train and validation) with the epoch as step."""
+        """Per-epoch loss/accuracy (train and validation) with the epoch as step, and the
+        trial's start-up time: from the job's start to the start of training (imports,
+        stores, cached ids, model build)."""
+
+        startup_seconds = float("nan")
+
+        def on_train_begin(self, logs=None):
+            self.startup_seconds = time.perf_counter() - started
 
         def on_epoch_end(self, epoch, logs=None):
             log_metrics(client, run_id, logs or {}, step=epoch + 1)
@@ -85,6 +92,7 @@ def _log_model(job: TrialJob, saved_model: Path) -> str:
 
 def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
     """Train the job's config with pruning and per-epoch logging; log everything to the run."""
+    started = time.perf_counter()
     from mlflow.tracking import MlflowClient
     from optuna_integration import TFKerasPruningCallback
 
@@ -99,13 +107,14 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
                                   storage=open_storage(job.storage_url, heartbeat=None))
         trial = optuna.trial.Trial(study, job.trial_id)
     client = MlflowClient(job.tracking_uri)
-    callbacks = [_epoch_logger(client, job.run_id), TFKerasPruningCallback(trial, "val_accuracy")]
+    logger = _epoch_logger(client, job.run_id, started)
+    callbacks = [logger, TFKerasPruningCallback(trial, "val_accuracy")]
     result = train(TrainConfig(**job.config), dataset=job.dataset, callbacks=callbacks)
 
     outcome = {"best_val_accuracy": result.val_accuracy, "best_val_loss": result.val_loss,
                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "peak_rss_mb": _peak_rss_mb()}
+               "startup_seconds": logger.startup_seconds, "peak_rss_mb": _peak_rss_mb()}
     log_metrics(client, job.run_id, outcome)  # the per-epoch curves are logged with steps
     with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
         paths = save_run(result, tmp)
