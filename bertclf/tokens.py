@@ -22,7 +22,7 @@ from bertclf.data import Split, fingerprint
 from bertclf.encoders import EncoderSpec, load_preprocessor, preprocess_path
 
 TOKENIZE_BATCH = 512
-BUCKET_BOUNDARIES = (32, 64, 96, 128, 192, 256, 384)
+BUCKET_BOUNDARIES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448)
 
 
 @dataclass
