@@ -1,6 +1,7 @@
 """`python -m bertclf` as users and checks run it: train, predict, encoders, and one-line
 errors with exit status 2 for every user mistake."""
 
+import io
 import json
 import os
 import re
@@ -170,6 +171,21 @@ def _setup(case: str, cwd: Path) -> list[str]:
         return ["predict", "out", "a wonderful film"]
     if case == "predict on a missing folder":
         return ["predict", "no-such-model", "a wonderful film"]
+    if case == "archive escaping its folder":
+        with tarfile.open(cwd / "evil.tar.gz", "w:gz") as tar:
+            member = tarfile.TarInfo("../evil.txt")
+            member.size = 4
+            tar.addfile(member, io.BytesIO(b"evil"))
+        return [*train, "--data", "evil.tar.gz"]
+    if case == "archive with a link":
+        with tarfile.open(cwd / "link.tar.gz", "w:gz") as tar:
+            member = tarfile.TarInfo("reviews/pos/1.txt")
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(member)
+        return [*train, "--data", "link.tar.gz"]
+    if case == "unwritable output folder":
+        (cwd / "a-file").write_text("not a folder", encoding="utf-8")
+        return ["train", "--data", "ok.tsv", "--encoder", "tiny", "--out", "a-file/run"]
     raise AssertionError(case)
 
 
@@ -192,6 +208,9 @@ ERRORS = {
     "out folder not empty": "not empty",
     "predict on a folder that is not a model": "saved_model.pb",
     "predict on a missing folder": "no-such-model",
+    "archive escaping its folder": "evil",
+    "archive with a link": "link",
+    "unwritable output folder": "a-file",
 }
 
 
