@@ -123,13 +123,18 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(swept):
     assert all(r.info.status == "FINISHED" for r in runs.children)
 
 
+def completed_runs(folder: Path):
+    """(MLflow child run, its Optuna trial) for each COMPLETE trial."""
+    study = load_study(folder)
+    for run in mlflow_runs(folder).children:
+        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
+        if trial.state.name == "COMPLETE":
+            yield run, trial
+
+
 def test_child_runs_hold_params_metrics_artifacts_and_model(swept):
     client = client_for(swept.folder)
-    study = load_study(swept.folder)
-    for run in mlflow_runs(swept.folder).children:
-        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
-        if trial.state.name != "COMPLETE":
-            continue
+    for run, trial in completed_runs(swept.folder):
         params = run.data.params
         for key in ("encoder", "encoder_handle", "preprocess_handle", "seed", "lr",
                     "batch_size", "epochs", "seq_len", "data", "trial_number"):
@@ -151,18 +156,10 @@ def test_child_runs_hold_params_metrics_artifacts_and_model(swept):
 
 
 def test_per_epoch_curves_have_the_epoch_as_step(swept):
-    """loss/accuracy/val_loss/val_accuracy: one value per epoch, steps 1..n, nothing else.
-
-    Library bug if this fails with a step 0: sweep/trial.py `run_job` logs the summary
-    (val_accuracy, val_loss of the best epoch) under the same keys at step 0, which adds a
-    bogus point before epoch 1 to the validation curves.
-    """
+    """loss/accuracy/val_loss/val_accuracy: one value per epoch, steps 1..n, nothing else
+    (the best epoch's summary goes under other names, not at a step 0 of these curves)."""
     client = client_for(swept.folder)
-    study = load_study(swept.folder)
-    for run in mlflow_runs(swept.folder).children:
-        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
-        if trial.state.name != "COMPLETE":
-            continue
+    for run, trial in completed_runs(swept.folder):
         histories = {key: client.get_metric_history(run.info.run_id, key)
                      for key in EPOCH_METRICS}
         epochs = len(histories["loss"])
