@@ -54,7 +54,6 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from bertclf.config import TrainConfig
-    from bertclf.data import load_dataset
     from bertclf.encoders import get_encoder
     from bertclf.outdir import check_out_dir
 
@@ -64,9 +63,7 @@ def _train(args: argparse.Namespace) -> None:
     # Every user error is found here, before training (and before TensorFlow loads).
     check_out_dir(args.out, args.force)
     get_encoder(config.encoder, config.encoder_map)
-    dataset = load_dataset(config.data, text_column=config.text_column,
-                           label_column=config.label_column, val_fraction=config.val_fraction,
-                           max_examples=config.example_caps(), seed=config.seed)
+    dataset = config.load_data()
     for note in dataset.notes:
         print(f"data: {note}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from bertclf.data import Dataset, load_dataset
 from bertclf.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear")
@@ -79,3 +80,9 @@ class TrainConfig:
         caps = {"train": self.max_train_examples, "validation": self.max_val_examples,
                 "test": self.max_test_examples}
         return {split: self.max_examples if cap is None else cap for split, cap in caps.items()}
+
+    def load_data(self) -> Dataset:
+        """Load `data` and split it as this config says (seeded, sampled per split)."""
+        return load_dataset(self.data, text_column=self.text_column,
+                            label_column=self.label_column, val_fraction=self.val_fraction,
+                            max_examples=self.example_caps(), seed=self.seed)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertclf.config import TrainConfig
-from bertclf.data import Dataset, load_dataset
+from bertclf.data import Dataset
 from bertclf.encoders import EncoderSpec, get_encoder
 from bertclf.errors import TrainingError
 from bertclf.model import build_classifier, loss_and_metric
@@ -98,10 +98,7 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
     config.validate()
     spec = get_encoder(config.encoder, config.encoder_map)
     if dataset is None:
-        dataset = load_dataset(config.data, text_column=config.text_column,
-                               label_column=config.label_column,
-                               val_fraction=config.val_fraction,
-                               max_examples=config.example_caps(), seed=config.seed)
+        dataset = config.load_data()
     splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)
               for name in ("train", "validation", "test")}
     # After tokenizing: building a built-in encoder on first use draws random numbers too.

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import optuna
 
-from bertclf.data import Dataset, load_dataset
+from bertclf.data import Dataset
 from bertclf.encoders import get_encoder
 from sweep.experiment import Experiment
 from sweep.space import suggest_config
@@ -24,9 +24,7 @@ def load_experiment_data(experiment: Experiment) -> Dataset:
     """Load and split the experiment's data once; every trial trains on this split."""
     base = experiment.base_config()
     print(f"sweep: loading data from {base.data}", flush=True)
-    dataset = load_dataset(base.data, text_column=base.text_column,
-                           label_column=base.label_column, val_fraction=base.val_fraction,
-                           max_examples=base.example_caps(), seed=base.seed)
+    dataset = base.load_data()
     sizes = {n: len(getattr(dataset, n)) for n in ("train", "validation", "test")}
     print(f"sweep: data {_short(sizes)} classes={dataset.class_names}", flush=True)
     return dataset

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 import optuna
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from bertclf.config import TrainConfig
@@ -150,8 +150,3 @@ class Tracker:
                                error=run.data.tags.get("error") or "worker died during the trial")
                 fixed += 1
         return fixed
-
-
-def status_is_final(status: str) -> bool:
-    """True for MLflow run statuses that mean the run is over."""
-    return RunStatus.is_terminated(RunStatus.from_string(status))
