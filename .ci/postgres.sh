@@ -8,7 +8,8 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
 fi
 version=$(ls /usr/lib/postgresql | sort -n | tail -1)
 pg_lsclusters -h | grep -q "^$version main" || pg_createcluster "$version" main >/dev/null
-pg_conftool "$version" main set listen_addresses 127.0.0.1
+# pg_conftool would write 127.0.0.1 unquoted (it takes it for a number), which PostgreSQL rejects.
+sed -i "s/^#\?listen_addresses\s*=.*/listen_addresses = '127.0.0.1'/" "/etc/postgresql/$version/main/postgresql.conf"
 pg_lsclusters -h | grep "^$version main" | grep -q online || pg_ctlcluster "$version" main start
 as_postgres() { su postgres -c "$1"; }
 as_postgres "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='sweep'\"" | grep -q 1 ||
