@@ -67,12 +67,12 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
     stamps = {"spawned": spawned_at, "entered": time.time()}
     import tensorflow as tf  # tf-keras: the bench package has imported bertclf first
 
+    from bertclf import accel
     from bertclf.config import TrainConfig
     from bertclf.encoders import get_encoder
     from bertclf.model import build_classifier, loss_and_metric
     from bertclf.optim import make_optimizer
     from bertclf.tokens import make_dataset, steps_per_epoch, token_ids
-    from bertclf.train import use_jit
 
     cfg = TrainConfig(**config)
     spec = get_encoder(cfg.encoder, cfg.encoder_map)
@@ -91,16 +91,17 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
                                warmup_fraction=cfg.warmup_fraction,
                                weight_decay=cfg.weight_decay, wd_schedule=cfg.wd_schedule,
                                total_steps=steps * cfg.epochs)
-    model.compile(optimizer=optimizer, loss=loss, metrics=[metric],
-                  jit_compile=use_jit(cfg))
+    model.compile(optimizer=accel.scaled(optimizer, cfg), loss=loss, metrics=[metric],
+                  jit_compile=accel.jit_compile(cfg))
     stamps["fit_started"] = time.time()
     verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.train does
     first_step = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: stamps.setdefault("first_step", time.time()))
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose,
-              callbacks=[first_step])
-    stamps["fit_ended"] = time.time()
-    model.evaluate(test_ds, verbose=0)
+    with accel.rewrites(cfg):
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose,
+                  callbacks=[first_step])
+        stamps["fit_ended"] = time.time()
+        model.evaluate(test_ds, verbose=0)
     stamps["done"] = time.time()
     return stamps
 

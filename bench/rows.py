@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from bench import children
 from bench.table import Row
+from bertclf import accel
 from bertclf.config import TrainConfig
 from bertclf.data import Dataset, Split
 from bertclf.encoders import EncoderSpec
@@ -133,32 +134,45 @@ def select(ids: TokenIds, rows: np.ndarray) -> TokenIds:
     return TokenIds(np.concatenate(values), ids.row_lengths[rows], ids.labels[rows])
 
 
-def compiled(model: tf.keras.Model, jit: bool) -> tf.keras.Model:
-    """Compiled as bertclf.train compiles: AdamW with weight decay, from-logits loss."""
+def hardware(ctx: Context, precision: str = "float32") -> TrainConfig:
+    """The XLA and precision settings of a row's model, as a TrainConfig for bertclf.accel."""
+    return TrainConfig(data=str(ctx.data_path), jit_compile=ctx.jit, precision=precision)
+
+
+def compiled(model: tf.keras.Model, settings: TrainConfig) -> tf.keras.Model:
+    """Compiled as bertclf.train compiles: AdamW with weight decay, from-logits loss, XLA and
+    precision as `settings` say (fit it inside `accel.rewrites(settings)`)."""
     loss, metric = loss_and_metric(2)
     optimizer = make_optimizer(lr=1e-4, lr_schedule="constant", warmup_fraction=0.0,
                                weight_decay=0.01, wd_schedule="constant", total_steps=1)
-    model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=jit)
+    model.compile(optimizer=accel.scaled(optimizer, settings), loss=loss, metrics=[metric],
+                  jit_compile=accel.jit_compile(settings))
     return model
 
 
-def classifier(spec: EncoderSpec, jit: bool) -> tf.keras.Model:
+def classifier(spec: EncoderSpec, settings: TrainConfig) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(0)
-    return compiled(build_classifier(spec, 2), jit)
+    return compiled(build_classifier(spec, 2), settings)
 
 
-def best_rates(runs: dict[str, tuple[tf.keras.Model, tf.data.Dataset]], examples: int,
-               rounds: int) -> dict[str, float]:
-    """Examples/s of each (model, dataset): one `fit` epoch per round, the rounds of the runs
-    interleaved (so a burst of load elsewhere hits both sides), the best round kept; a warm-up
-    fit of a few batches first traces each model's train step."""
-    for model, dataset in runs.values():
-        model.fit(dataset.take(WARMUP_BATCHES), verbose=0)
+def best_rates(runs: dict[str, tuple[tf.keras.Model, tf.data.Dataset, TrainConfig]],
+               examples: int, rounds: int) -> dict[str, float]:
+    """Examples/s of each (model, dataset, its `compiled` settings): one `fit` epoch per round,
+    the rounds of the runs interleaved (so a burst of load elsewhere hits both sides), the best
+    round kept; a warm-up fit of a few batches first traces each model's train step. The
+    settings are applied before every fit: graph rewrites are per process, read at each call."""
+    def fit(key: str, dataset: tf.data.Dataset) -> None:
+        model, _, settings = runs[key]
+        with accel.rewrites(settings):
+            model.fit(dataset, verbose=0)
+
+    for key, (_, dataset, _) in runs.items():
+        fit(key, dataset.take(WARMUP_BATCHES))
     best = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
-        for key, (model, dataset) in runs.items():
+        for key, (_, dataset, _) in runs.items():
             started = time.perf_counter()
-            model.fit(dataset, verbose=0)
+            fit(key, dataset)
             best[key] = max(best[key], examples / (time.perf_counter() - started))
     return best
 
@@ -245,8 +259,9 @@ def row_bucketing(ctx: Context) -> list[Row]:
     seq_len, batch = 512, ctx.plan.batch_size
     spec, _ = random_encoder(ctx, "L-2_H-128", L2_H128)
     ids = token_ids(spec, head(ctx.dataset.train, ctx.plan.throughput_examples), seq_len)
-    rates = best_rates({name: (classifier(spec, ctx.jit),
-                               make_dataset(ids, batch, seq_len, bucket=name == "bucketed"))
+    rates = best_rates({name: (classifier(spec, hardware(ctx)),
+                               make_dataset(ids, batch, seq_len, bucket=name == "bucketed"),
+                               hardware(ctx))
                         for name in ("fixed", "bucketed")}, len(ids), ctx.plan.rounds)
     real = int(ids.row_lengths.sum())
     bucketed = sum(int(np.prod(x["input_word_ids"].shape))
@@ -269,12 +284,13 @@ def row_cached_ids(ctx: Context) -> list[Row]:
     ids = token_ids(spec, split, seq_len)  # a cache miss: tokenizes and writes the cache
     tokenize_seconds = time.perf_counter() - started
     tf.keras.utils.set_random_seed(0)
-    text_model = compiled(text_classifier(spec, build_classifier(spec, 2), seq_len), ctx.jit)
+    settings = hardware(ctx)
+    text_model = compiled(text_classifier(spec, build_classifier(spec, 2), seq_len), settings)
     texts = tf.data.Dataset.from_tensor_slices((split.texts, split.labels))
     rates = best_rates({
-        "cached": (classifier(spec, ctx.jit),
-                   make_dataset(ids, batch, seq_len, bucket=False)),
-        "in_graph": (text_model, texts.batch(batch).prefetch(tf.data.AUTOTUNE)),
+        "cached": (classifier(spec, settings),
+                   make_dataset(ids, batch, seq_len, bucket=False), settings),
+        "in_graph": (text_model, texts.batch(batch).prefetch(tf.data.AUTOTUNE), settings),
     }, len(split), ctx.plan.rounds)
     note = (f"L-2 H-128 encoder, {ctx.vocab_name}, {len(split)} reviews, batch {batch}, both "
             f"padded to {seq_len}, best of {ctx.plan.rounds} interleaved epochs; excludes the "
@@ -334,7 +350,7 @@ def row_flops(ctx: Context) -> list[Row]:
     ids = token_ids(spec, head(ctx.dataset.train, 2 * needed), seq_len)
     full = select(ids, np.flatnonzero(ids.row_lengths == seq_len))  # every token real
     dataset = make_dataset(full, batch, seq_len, bucket=False).repeat()
-    model = classifier(spec, ctx.jit)
+    model = classifier(spec, hardware(ctx))  # float32: no rewrites
     model.fit(dataset.take(WARMUP_BATCHES), verbose=0)
     peak = matmul_peak(2048, ctx.plan.matmul_repeats)
     started = time.perf_counter()
@@ -349,6 +365,24 @@ def row_flops(ctx: Context) -> list[Row]:
             f"tf.matmul, just before and after the timed steps")
     return [Row("4. L-4 H-512 train GFLOP/s vs matmul peak", achieved, peak, "GFLOP/s",
                 ">= 0.35", achieved / peak >= 0.35, note)]
+
+
+def row_precision(ctx: Context) -> list[Row]:
+    """7. Training throughput of an L-4 H-512 encoder at 128: mixed precision vs float32."""
+    seq_len, batch = 128, ctx.plan.batch_size
+    mixed = "mixed_float16" if accel.has_gpu() else "mixed_bfloat16"
+    spec, _ = random_encoder(ctx, "L-4_H-512", L4_H512)
+    ids = token_ids(spec, head(ctx.dataset.train, ctx.plan.throughput_examples // 2), seq_len)
+    dataset = make_dataset(ids, batch, seq_len, bucket=True)
+    runs = {precision: (classifier(spec, hardware(ctx, precision)), dataset,
+                        hardware(ctx, precision)) for precision in ("float32", mixed)}
+    rates = best_rates(runs, len(ids), ctx.plan.rounds)
+    note = (f"{mixed} (TensorFlow's graph rewrite of the whole step, SavedModel encoder "
+            f"included) vs float32; {len(ids)} IMDB reviews bucketed up to {seq_len}, batch "
+            f"{batch}, {ctx.vocab_name}; best of {ctx.plan.rounds} interleaved fit epochs "
+            f"after {WARMUP_BATCHES} warm-up batches")
+    return [Row(f"7. train ex/s @128: {mixed} vs float32", rates[mixed], rates["float32"],
+                "ex/s", "report", None, note)]
 
 
 def rows_memory(ctx: Context) -> list[Row]:
@@ -412,4 +446,4 @@ def row_startup(ctx: Context) -> list[Row]:
 
 
 ROWS = {"1": row_bucketing, "2": row_cached_ids, "3": row_harness, "4": row_flops,
-        "5": rows_memory, "6": row_startup}
+        "5": rows_memory, "6": row_startup, "7": row_precision}

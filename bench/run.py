@@ -52,12 +52,12 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
     from bench.rows import FULL, QUICK, ROWS, Context, bench_vocab, make_preprocessor
+    from bertclf.accel import use_jit
     from bertclf.cache import cache_dir
     from bertclf.config import TrainConfig
     from bertclf.data import load_dataset
     from bertclf.encoders import get_encoder, resolve_handle
     from bertclf.errors import UserError
-    from bertclf.train import use_jit
 
     wanted = args.rows.split(",") if args.rows else list(ROWS)
     unknown = sorted(set(wanted) - set(ROWS))

@@ -42,6 +42,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                        "(follows the learning rate)",
         "patience": "epochs without a better validation loss before stopping",
         "bucket": "batch by length and pad each batch to its longest (true/false)",
+        "jit_compile": "XLA (true/false); default: on with a GPU (auto-clustering under mixed "
+                       "precision)",
+        "precision": "float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU, oneDNN); default: "
+                     "mixed_float16 with a GPU, float32 without",
     }
     types = {"int": int, "float": float, "str": str, "bool": _bool}
     for f in fields(TrainConfig):

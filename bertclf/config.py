@@ -10,6 +10,7 @@ from bertclf.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear")
 WD_SCHEDULES = ("constant", "piecewise", "lr")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainConfig:
     dropout: float = 0.1
     bucket: bool = True
     jit_compile: bool | None = None  # None: on when a GPU is present
+    precision: str | None = None  # None: mixed_float16 with a GPU, float32 without
     seed: int = 42
 
     def validate(self) -> None:
@@ -61,6 +63,8 @@ class TrainConfig:
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.wd_schedule in WD_SCHEDULES,
              f"wd_schedule must be one of {', '.join(WD_SCHEDULES)}"),
+            (self.precision is None or self.precision in PRECISIONS,
+             f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

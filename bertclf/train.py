@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from bertclf import accel
 from bertclf.config import TrainConfig
 from bertclf.data import Dataset
 from bertclf.encoders import EncoderSpec, get_encoder
@@ -32,6 +33,7 @@ class TrainResult:
     test_accuracy: float
     train_seconds: float
     data: dict = field(default_factory=dict)
+    hardware: dict = field(default_factory=dict)  # what the run used: GPU, precision, XLA
     model: tf.keras.Model | None = field(default=None, repr=False)
 
     @property
@@ -57,6 +59,7 @@ class TrainResult:
             "params": asdict(self.config),
             "encoder": asdict(self.encoder),
             "data": self.data,
+            "hardware": self.hardware,
         }
 
 
@@ -84,19 +87,19 @@ class StepProgress(tf.keras.callbacks.Callback):
               flush=True)
 
 
-def use_jit(config: TrainConfig) -> bool:
-    """XLA compilation: as configured, else on when a GPU is present."""
-    if config.jit_compile is not None:
-        return config.jit_compile
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def train(config: TrainConfig, *, dataset: Dataset | None = None,
           callbacks: Sequence[tf.keras.callbacks.Callback] = (),
           verbose: int | str = "auto") -> TrainResult:
     """Fine-tune one classifier. `dataset` skips loading; `callbacks` see every epoch."""
     config.validate()
     spec = get_encoder(config.encoder, config.encoder_map)
+    with accel.rewrites(config):
+        return _train(config, spec, dataset, callbacks, verbose)
+
+
+def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
+           callbacks: Sequence[tf.keras.callbacks.Callback],
+           verbose: int | str) -> TrainResult:
     if dataset is None:
         dataset = config.load_data()
     splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)
@@ -117,7 +120,8 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
                                warmup_fraction=config.warmup_fraction,
                                weight_decay=config.weight_decay,
                                wd_schedule=config.wd_schedule, total_steps=steps * config.epochs)
-    model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_jit(config))
+    model.compile(optimizer=accel.scaled(optimizer, config), loss=loss, metrics=[metric],
+                  jit_compile=accel.jit_compile(config))
 
     progress = []
     if verbose == "auto":
@@ -143,5 +147,7 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
         test_accuracy=float(test_accuracy), train_seconds=train_seconds,
         data={"source": dataset.source, "notes": list(dataset.notes),
               **{f"{name}_examples": len(split) for name, split in splits.items()}},
+        hardware={"gpu": accel.has_gpu(), "precision": accel.resolve_precision(config),
+                  "xla": accel.use_jit(config)},
         model=model,
     )

@@ -116,6 +116,8 @@ def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "startup_seconds": logger.startup_seconds, "peak_rss_mb": _peak_rss_mb()}
     log_metrics(client, job.run_id, outcome)  # the per-epoch curves are logged with steps
+    for name, value in result.hardware.items():
+        client.set_tag(job.run_id, f"hardware.{name}", str(value))
     with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
         paths = save_run(result, tmp)
         for name in ("metrics", "curves"):

@@ -155,6 +155,8 @@ def _setup(case: str, cwd: Path) -> list[str]:
         return ["train", "--data", "ok.tsv", "--epochs", "abc", "--out", "out"]
     if case == "--lr -1":
         return ["train", "--data", "ok.tsv", "--lr", "-1", "--out", "out"]
+    if case == "--precision fp8":
+        return ["train", "--data", "ok.tsv", "--precision", "fp8", "--out", "out"]
     if case == "--batch-size 0":
         return ["train", "--data", "ok.tsv", "--batch-size", "0", "--out", "out"]
     if case == "unknown flag":
@@ -203,6 +205,7 @@ ERRORS = {
     "--epochs abc": "epochs",
     "--lr -1": "lr",
     "--batch-size 0": "batch",
+    "--precision fp8": "precision",
     "unknown flag": "--learning-rate",
     "missing --data": "--data",
     "out folder not empty": "not empty",
@@ -267,3 +270,20 @@ def test_train_on_the_imdb_archive(tmp_path):
     done = cli("predict", "run1/saved_model", "a wonderful film", cwd=tmp_path)
     assert done.returncode == 0, show(done)
     assert len(done.stdout.splitlines()) == 1 and PREDICTION.match(done.stdout.strip())
+
+
+def test_float16_without_a_gpu_is_a_user_error(tmp_path):
+    """Found once TensorFlow has looked for a GPU (so after its start-up lines on stderr),
+    before anything is trained or written."""
+    from bertclf import accel
+
+    write_tsv(tmp_path / "ok.tsv", per_class=10)
+    done = cli("train", "--data", "ok.tsv", "--encoder", "tiny", "--epochs", "1",
+               "--precision", "mixed_float16", "--out", "out", cwd=tmp_path)
+    if accel.has_gpu():
+        assert done.returncode == 0, show(done)
+        return
+    assert done.returncode == 2, show(done)
+    assert "Traceback" not in done.stderr + done.stdout, show(done)
+    assert "mixed_float16 needs a GPU" in done.stderr.strip().splitlines()[-1], show(done)
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,7 @@ from sweep_helpers import (
     write_experiment,
 )
 
+from bertclf import accel
 from sweep.study import GRACE_BEATS
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -144,6 +145,11 @@ def test_child_runs_hold_params_metrics_artifacts_and_model(swept):
         assert float(params["lr"]) == pytest.approx(trial.params["lr"])
         assert params["batch_size"] == str(trial.params["batch_size"])
         assert params["trial_number"] == str(trial.number)
+        # What the trial ran on: the defaults, mixed precision and XLA only with a GPU.
+        gpu = accel.has_gpu()
+        assert {k: v for k, v in run.data.tags.items() if k.startswith("hardware.")} == {
+            "hardware.gpu": str(gpu), "hardware.xla": str(gpu),
+            "hardware.precision": "mixed_float16" if gpu else "float32"}
         metrics = run.data.metrics
         assert metrics["test_accuracy"] == pytest.approx(trial.user_attrs["test_accuracy"])
         assert metrics["test_loss"] == pytest.approx(trial.user_attrs["test_loss"])

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from bertclf import accel
 from bertclf.config import TrainConfig
 from bertclf.data import Dataset, Split
 from bertclf.encoders import get_encoder
@@ -92,6 +94,19 @@ def test_learns_separable_data(learned):
     assert learned.model.output_shape == (None, 1), "one logit for two classes"
 
 
+def test_mixed_bfloat16_trains_the_rewritten_graph_and_learns(learned, review_folder):
+    """The same run as `learned` in mixed_bfloat16: the first epoch's loss differs from
+    float32's by bfloat16 rounding (equal float32 runs agree to 1e-5, see assert_same_run, so
+    a run that silently stayed float32 fails here), and it learns as well."""
+    mixed = train(replace(learned.config, precision="mixed_bfloat16"), verbose=0)
+    difference = abs(mixed.history["loss"][0] - learned.history["loss"][0])
+    assert 1e-5 < difference < 0.05, (mixed.history, learned.history)
+    assert mixed.val_accuracy >= 0.85 and mixed.test_accuracy >= 0.8, mixed.history
+    assert mixed.model.output.dtype == tf.float32, "float32 logits"
+    assert mixed.metrics()["params"]["precision"] == "mixed_bfloat16"
+    assert mixed.hardware["precision"] == "mixed_bfloat16"
+
+
 def test_metrics_are_plain_json(learned):
     import json
 
@@ -101,6 +116,9 @@ def test_metrics_are_plain_json(learned):
     assert metrics["history"] == learned.history
     assert metrics["params"]["lr"] == 3e-3 and metrics["params"]["seed"] == 7
     assert metrics["class_names"] == ["neg", "pos"]
+    gpu = accel.has_gpu()  # the defaults: mixed precision and XLA only with a GPU
+    assert metrics["hardware"] == {"gpu": gpu, "precision": "mixed_float16" if gpu else "float32",
+                                   "xla": gpu}
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +234,7 @@ def test_absurd_learning_rate_raises_training_error():
     (dict(patience=-1), "patience"),
     (dict(dropout=1.0), "dropout"),
     (dict(val_fraction=0.0), "val_fraction"),
+    (dict(precision="float16"), "precision"),
 ])
 def test_validate_rejects_bad_values(changes, fragment):
     bad = config(**changes)
