@@ -25,6 +25,7 @@ from bertclf.errors import UserError
 
 
 def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -55,8 +56,8 @@ def rewrites(config: TrainConfig) -> Iterator[None]:
     if precision == "mixed_float16" and not has_gpu():
         raise UserError("precision mixed_float16 needs a GPU (TensorFlow's float16 rewrite "
                         "only runs there); on a CPU use mixed_bfloat16 or float32")
-    saved_options, saved_jit = tf.config.optimizer.get_experimental_options(), \
-        tf.config.optimizer.get_jit()
+    saved_options = tf.config.optimizer.get_experimental_options()
+    saved_jit = tf.config.optimizer.get_jit()
     wanted = {"auto_mixed_precision": precision == "mixed_float16",
               "auto_mixed_precision_onednn_bfloat16": precision == "mixed_bfloat16"}
     tf.config.optimizer.set_experimental_options(wanted)
