@@ -259,9 +259,10 @@ def row_bucketing(ctx: Context) -> list[Row]:
     seq_len, batch = 512, ctx.plan.batch_size
     spec, _ = random_encoder(ctx, "L-2_H-128", L2_H128)
     ids = token_ids(spec, head(ctx.dataset.train, ctx.plan.throughput_examples), seq_len)
-    rates = best_rates({name: (classifier(spec, hardware(ctx)),
+    settings = hardware(ctx)
+    rates = best_rates({name: (classifier(spec, settings),
                                make_dataset(ids, batch, seq_len, bucket=name == "bucketed"),
-                               hardware(ctx))
+                               settings)
                         for name in ("fixed", "bucketed")}, len(ids), ctx.plan.rounds)
     real = int(ids.row_lengths.sum())
     bucketed = sum(int(np.prod(x["input_word_ids"].shape))
@@ -374,8 +375,9 @@ def row_precision(ctx: Context) -> list[Row]:
     spec, _ = random_encoder(ctx, "L-4_H-512", L4_H512)
     ids = token_ids(spec, head(ctx.dataset.train, ctx.plan.throughput_examples // 2), seq_len)
     dataset = make_dataset(ids, batch, seq_len, bucket=True)
-    runs = {precision: (classifier(spec, hardware(ctx, precision)), dataset,
-                        hardware(ctx, precision)) for precision in ("float32", mixed)}
+    settings = {precision: hardware(ctx, precision) for precision in ("float32", mixed)}
+    runs = {precision: (classifier(spec, each), dataset, each)
+            for precision, each in settings.items()}
     rates = best_rates(runs, len(ids), ctx.plan.rounds)
     note = (f"{mixed} (TensorFlow's graph rewrite of the whole step, SavedModel encoder "
             f"included) vs float32; {len(ids)} IMDB reviews bucketed up to {seq_len}, batch "
