@@ -1,27 +1,20 @@
-"""How a run uses the hardware: mixed precision and XLA, for any encoder SavedModel.
-
-A TF Hub encoder is a SavedModel whose float32 graph was fixed when it was saved, so Keras'
-mixed-precision policies cannot reach inside it. TensorFlow's graph rewrite can: grappler's
-auto mixed precision runs the whole training step's matmuls, attention and activations in
-float16 (on NVIDIA GPUs) or bfloat16 (on CPUs, through oneDNN), while the variables, the
-softmax, the layer norms, the loss and the logits the loss reads stay float32. float16 also
-needs loss scaling, so its optimizer is wrapped in Keras' dynamic LossScaleOptimizer.
-
-`jit_compile=True` hands the step to XLA before grappler runs, which would silently train in
-float32, so with mixed precision XLA is TensorFlow's auto-clustering (it runs after the
-rewrite) instead. The rewrites are per process and read at each call: `rewrites` sets
-them around a run.
-"""
+"""How a run uses the hardware: its precision (float32, or TensorFlow's mixed-precision graph
+rewrite, which reaches into SavedModel encoders) and XLA. README's "Mixed precision and XLA"
+says why the rewrite is used rather than Keras' policies."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
 
 import tensorflow as tf
 
 from bertclf.config import TrainConfig
 from bertclf.errors import UserError
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
 
 
 def has_gpu() -> bool:
@@ -29,29 +22,47 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+@cache
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (the flags in `cpuinfo`)."""
+    try:
+        text = cpuinfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
 def resolve_precision(config: TrainConfig) -> str:
-    """The precision as configured, else mixed_float16 with a GPU and float32 without."""
-    if config.precision is not None:
+    """The precision a run uses: as configured, or for "auto" mixed_float16 on a GPU,
+    mixed_bfloat16 on a CPU with native bfloat16, float32 elsewhere."""
+    if config.precision != "auto":
         return config.precision
-    return "mixed_float16" if has_gpu() else "float32"
+    if has_gpu():
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def use_jit(config: TrainConfig) -> bool:
-    """XLA compilation: as configured, else on when a GPU is present."""
+def xla_enabled(config: TrainConfig) -> bool:
+    """Whether the run uses XLA: as configured, else when a GPU is present."""
     if config.jit_compile is not None:
         return config.jit_compile
     return has_gpu()
 
 
-def jit_compile(config: TrainConfig) -> bool:
-    """Keras' `jit_compile` for `config`: off with mixed precision (auto-clustering instead)."""
-    return use_jit(config) and resolve_precision(config) == "float32"
+def keras_jit_compile(config: TrainConfig) -> bool:
+    """Keras' `jit_compile` for the run. XLA compiles the step before the mixed-precision
+    rewrite runs, which would silently train in float32, so under mixed precision XLA comes
+    from auto-clustering (set by `precision_rewrites`) instead."""
+    return xla_enabled(config) and resolve_precision(config) == "float32"
 
 
 @contextmanager
-def rewrites(config: TrainConfig) -> Iterator[None]:
-    """This process's graph rewrites set for `config` inside the block, restored after it (a
-    run's precision must not leak into the caller's later predictions or into the next run)."""
+def precision_rewrites(config: TrainConfig) -> Iterator[None]:
+    """Inside the block, this process's graph rewrites are those the run's precision and XLA
+    need; afterwards they are restored, so that a run's precision does not leak into the
+    caller's later predictions or the next run."""
     precision = resolve_precision(config)
     if precision == "mixed_float16" and not has_gpu():
         raise UserError("precision mixed_float16 needs a GPU (TensorFlow's float16 rewrite "
@@ -62,7 +73,7 @@ def rewrites(config: TrainConfig) -> Iterator[None]:
               "auto_mixed_precision_onednn_bfloat16": precision == "mixed_bfloat16"}
     tf.config.optimizer.set_experimental_options(wanted)
     mixed = precision != "float32"
-    tf.config.optimizer.set_jit("autoclustering" if mixed and use_jit(config) else False)
+    tf.config.optimizer.set_jit("autoclustering" if mixed and xla_enabled(config) else False)
     try:
         yield
     finally:
@@ -71,9 +82,15 @@ def rewrites(config: TrainConfig) -> Iterator[None]:
         tf.config.optimizer.set_jit(saved_jit or False)
 
 
-def scaled(optimizer: tf.keras.optimizers.Optimizer,
-           config: TrainConfig) -> tf.keras.optimizers.Optimizer:
-    """`optimizer` with dynamic loss scaling where the precision needs it (float16)."""
+def with_loss_scaling(optimizer: tf.keras.optimizers.Optimizer,
+                      config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+    """`optimizer` wrapped in dynamic loss scaling where the precision needs it (float16)."""
     if resolve_precision(config) == "mixed_float16":
         return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def hardware_used(config: TrainConfig) -> dict:
+    """What the run used, for metrics.json and the run's tags."""
+    return {"gpu": has_gpu(), "precision": resolve_precision(config),
+            "xla": xla_enabled(config)}

@@ -21,6 +21,8 @@ def save_run(result: TrainResult, out_dir: str | Path, force: bool = False) -> d
     plot_curves(result.history, result.best_epoch, paths["curves"])
     card = {key: metrics[key] for key in ("params", "encoder", "data", "best_epoch",
                                           "val_accuracy", "test_accuracy")}
-    export_model(result.model, result.encoder, result.class_names, result.config.seq_len,
-                 paths["saved_model"], card=card)
+    config = result.config
+    export_model(result.model, result.encoder, result.class_names, config.seq_len,
+                 paths["saved_model"], card=card, truncation=config.truncation,
+                 head_tokens=config.head_tokens)
     return paths

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, fields
+from functools import cache
 
-from bertclf.data import Dataset, load_dataset
+from bertclf.datasets import Dataset, load_dataset
 from bertclf.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear")
-WD_SCHEDULES = ("constant", "piecewise", "lr")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+WD_SCHEDULES = ("lr", "constant", "piecewise")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+TRUNCATIONS = ("head", "tail", "head+tail")
 
 
 @dataclass
@@ -28,6 +31,8 @@ class TrainConfig:
     max_test_examples: int | None = None
     val_fraction: float = 0.2
     seq_len: int = 128
+    truncation: str = "head"  # which tokens of a too-long text are kept
+    head_tokens: int | None = None  # head+tail: tokens kept from the start (None: a quarter)
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: 4 x batch_size
     epochs: int = 5
@@ -36,12 +41,13 @@ class TrainConfig:
     lr_schedule: str = "linear"
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
-    wd_schedule: str = "constant"
+    wd_schedule: str = "lr"
     dropout: float = 0.1
     bucket: bool = True
     jit_compile: bool | None = None  # None: on when a GPU is present
-    precision: str | None = None  # None: mixed_float16 with a GPU, float32 without
+    precision: str = "auto"  # auto: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs
     seed: int = 42
+    split_seed: int | None = None  # the validation split and samples; None: `seed`
 
     def validate(self) -> None:
         """Raise UserError naming the first impossible value."""
@@ -63,8 +69,12 @@ class TrainConfig:
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.wd_schedule in WD_SCHEDULES,
              f"wd_schedule must be one of {', '.join(WD_SCHEDULES)}"),
-            (self.precision is None or self.precision in PRECISIONS,
+            (self.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.truncation in TRUNCATIONS,
+             f"truncation must be one of {', '.join(TRUNCATIONS)}"),
+            (self.head_tokens is None or 0 <= self.head_tokens <= self.seq_len - 2,
+             "head_tokens must be between 0 and seq_len - 2"),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,6 +89,17 @@ class TrainConfig:
             raise UserError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
 
+    @property
+    def eval_batch(self) -> int:
+        """The evaluation batch: `eval_batch_size`, else 4x the training batch (no gradients
+        to keep, so evaluation affords larger batches)."""
+        return self.eval_batch_size or 4 * self.batch_size
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the validation split and the per-split samples."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def example_caps(self) -> dict[str, int | None]:
         """The stratified sample size of each split (None: the whole split)."""
         caps = {"train": self.max_train_examples, "validation": self.max_val_examples,
@@ -89,4 +110,12 @@ class TrainConfig:
         """Load `data` and split it as this config says (seeded, sampled per split)."""
         return load_dataset(self.data, text_column=self.text_column,
                             label_column=self.label_column, val_fraction=self.val_fraction,
-                            max_examples=self.example_caps(), seed=self.seed)
+                            max_examples=self.example_caps(), seed=self.data_seed)
+
+
+@cache
+def field_types() -> dict[str, type]:
+    """Each TrainConfig field's value type, with `| None` removed (int, float, str, bool)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+            for name, hint in hints.items()}

@@ -13,28 +13,40 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf.encoders import EncoderSpec, load_preprocessor
+from bertclf.encoder_map import EncoderSpec, load_preprocessor
 from bertclf.errors import UserError
+from bertclf.model import INPUT_NAMES
+from bertclf.packing import pack_inputs
 
 CARD_NAME = "bertclf.json"  # class names and provenance, in the SavedModel's assets.extra/
 
 
 class TextClassifier(tf.Module):
-    """Raw strings -> preprocessor -> trained classifier -> logits."""
+    """Raw strings -> preprocessor (truncating as in training) -> trained classifier -> logits."""
 
     def __init__(self, preprocessor, classifier: tf.keras.Model, seq_len: int,
-                 class_names: list[str]):
+                 class_names: list[str], truncation: str = "head", head_tokens: int | None = None):
         super().__init__(name="text_classifier")
         self.preprocessor = preprocessor
         self.classifier = classifier
+        self.packing = (seq_len, truncation, head_tokens)
         self.seq_len = tf.Variable(seq_len, trainable=False, dtype=tf.int32, name="seq_len")
         self.class_names = tf.Variable(class_names, trainable=False, dtype=tf.string,
                                        name="class_names")
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def preprocess(self, text):
+        """The encoder inputs the classifier sees for `text` (the ids training used)."""
+        return pack_inputs(self.preprocessor, text, *self.packing)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def __call__(self, text):
-        tokens = self.preprocessor.tokenize(text)
-        inputs = self.preprocessor.bert_pack_inputs([tokens], seq_length=self.seq_len)
+        return self.classifier(self.preprocess(text), training=False)
+
+    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32, name=name)
+                                   for name in INPUT_NAMES}])
+    def logits(self, inputs):
+        """Logits from encoder inputs of any length (batches padded only to their longest)."""
         return self.classifier(inputs, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
@@ -43,17 +55,20 @@ class TextClassifier(tf.Module):
 
 
 def export_model(classifier: tf.keras.Model, spec: EncoderSpec, class_names: list[str],
-                 seq_len: int, path: str | Path, card: dict | None = None) -> Path:
+                 seq_len: int, path: str | Path, card: dict | None = None, *,
+                 truncation: str = "head", head_tokens: int | None = None) -> Path:
     """Save the raw-text SavedModel at `path` with a JSON card in `assets.extra/`."""
     path = Path(path)
     # A fresh functional wrapper shares the weights but not the optimizer's slots, which
     # would triple the export's size.
     inference = tf.keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)
-    module = TextClassifier(load_preprocessor(spec), inference, seq_len, class_names)
+    module = TextClassifier(load_preprocessor(spec), inference, seq_len, class_names,
+                            truncation, head_tokens)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
-    card = {"class_names": class_names, "seq_len": seq_len, **(card or {})}
+    card = {"class_names": class_names, "seq_len": seq_len, "truncation": truncation,
+            "head_tokens": head_tokens, **(card or {})}
     (extra / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertclf.encoders import EncoderSpec, load_encoder_layer, load_preprocessor
-
-INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+from bertclf.bert_encoder import INPUT_NAMES
+from bertclf.encoder_map import EncoderSpec, load_encoder_layer, load_preprocessor
 
 
 def num_logits(num_classes: int) -> int:
@@ -38,13 +37,12 @@ def loss_and_metric(num_classes: int) -> tuple[tf.keras.losses.Loss, tf.keras.me
             tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
 
 
-def text_classifier(spec: EncoderSpec, classifier: tf.keras.Model, seq_len: int) -> tf.keras.Model:
+def text_classifier(spec: EncoderSpec, classifier: tf.keras.Model, seq_len: int,
+                    truncation: str = "head", head_tokens: int | None = None) -> tf.keras.Model:
     """Raw strings -> preprocessor -> `classifier`, the notebook's end-to-end model."""
-    import tensorflow_hub as hub
+    from bertclf.packing import TextToInputs
 
-    preprocessor = load_preprocessor(spec)
     text = tf.keras.Input(shape=(), dtype=tf.string, name="text")
-    tokens = hub.KerasLayer(preprocessor.tokenize, name="tokenize")(text)
-    packed = hub.KerasLayer(preprocessor.bert_pack_inputs, name="pack",
-                            arguments=dict(seq_length=seq_len))([tokens])
+    packed = TextToInputs(load_preprocessor(spec), seq_len, truncation, head_tokens,
+                          name="preprocess")(text)
     return tf.keras.Model(text, classifier(packed), name="text_classifier")

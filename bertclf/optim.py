@@ -1,9 +1,11 @@
 """AdamW with a learning-rate schedule and a weight-decay schedule that follows the step count.
 
 Keras' AdamW casts `weight_decay` to a constant when the train step is traced, so a
-schedule (or a float changed in a callback) never reaches the update. `ScheduledAdamW`
-reads its decay schedule at `self.iterations` inside the update instead. As in Keras,
-the decay applied to a variable at step t is `var * wd(t) * lr(t)`.
+schedule never reaches the update; `ScheduledAdamW` reads its decay schedule at
+`self.iterations` inside the update instead. The schedule gives the fraction of each
+decayed weight removed at a step (README, "Weight decay"): `weight_decay` times the
+learning rate at that step ("lr", as in BERT's and Keras' AdamW), times the peak learning
+rate ("constant"), or times the peak and then a tenth and a hundredth of it ("piecewise").
 """
 
 from __future__ import annotations
@@ -44,19 +46,17 @@ class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 @tf.keras.utils.register_keras_serializable(package="bertclf")
 class ScaledSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """`base` times the ratio of another schedule to its peak (weight decay that follows the lr)."""
+    """`factor` times another schedule (weight decay that follows the learning rate)."""
 
-    def __init__(self, base: float, schedule: tf.keras.optimizers.schedules.LearningRateSchedule,
-                 peak: float):
-        self.base = float(base)
+    def __init__(self, factor: float, schedule: tf.keras.optimizers.schedules.LearningRateSchedule):
+        self.factor = float(factor)
         self.schedule = schedule
-        self.peak = float(peak)
 
     def __call__(self, step):
-        return self.base * self.schedule(step) / self.peak
+        return self.factor * self.schedule(step)
 
     def get_config(self) -> dict:
-        return {"base": self.base, "peak": self.peak,
+        return {"factor": self.factor,
                 "schedule": tf.keras.optimizers.schedules.serialize(self.schedule)}
 
     @classmethod
@@ -75,18 +75,19 @@ def learning_rate_schedule(lr: float, kind: str, total_steps: int, warmup_fracti
     raise ValueError(f"unknown lr schedule {kind!r}: choose one of {', '.join(LR_SCHEDULES)}")
 
 
-def weight_decay_schedule(weight_decay: float, kind: str, total_steps: int, lr_schedule=None):
-    """The weight-decay magnitude as a schedule of the step."""
-    if kind == "constant":
-        return tf.keras.optimizers.schedules.PiecewiseConstantDecay([0], [weight_decay] * 2)
+def weight_decay_schedule(weight_decay: float, kind: str, total_steps: int, learning_rate,
+                          peak_lr: float):
+    """The fraction of each decayed weight removed at a step, as a schedule of the step."""
+    if kind == "lr" and isinstance(learning_rate,
+                                   tf.keras.optimizers.schedules.LearningRateSchedule):
+        return ScaledSchedule(weight_decay, learning_rate)
+    if kind in ("lr", "constant"):  # "lr" with a constant learning rate is constant too
+        return tf.keras.optimizers.schedules.PiecewiseConstantDecay(
+            [0], [weight_decay * peak_lr] * 2)
     if kind == "piecewise":
         boundaries = [max(int(f * total_steps), 1) for f in PIECEWISE_FRACTIONS]
-        values = [weight_decay * f for f in PIECEWISE_FACTORS]
+        values = [weight_decay * peak_lr * f for f in PIECEWISE_FACTORS]
         return tf.keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    if kind == "lr":
-        if not isinstance(lr_schedule, tf.keras.optimizers.schedules.LearningRateSchedule):
-            return weight_decay_schedule(weight_decay, "constant", total_steps)
-        return ScaledSchedule(weight_decay, lr_schedule, lr_schedule.peak)
     raise ValueError(f"unknown weight-decay schedule {kind!r}: choose one of "
                      f"{', '.join(WD_SCHEDULES)}")
 
@@ -104,16 +105,14 @@ class ScheduledAdamW(tf.keras.optimizers.AdamW):
         self.weight_decay_schedule = weight_decay_schedule
 
     def current_weight_decay(self):
-        """The decay magnitude at the current step, before it is scaled by the learning rate."""
+        """The fraction of each decayed weight removed at the current step."""
         return tf.cast(self.weight_decay_schedule(self.iterations), tf.float32)
 
     def _apply_weight_decay(self, variables):
-        wd = self.current_weight_decay()
-        lr = tf.cast(self.learning_rate, tf.float32)
+        decay = self.current_weight_decay()
         for variable in variables:
             if self._use_weight_decay(variable):
-                scale = tf.cast(wd * lr, variable.dtype)
-                variable.assign_sub(variable * scale)
+                variable.assign_sub(variable * tf.cast(decay, variable.dtype))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -127,7 +126,7 @@ def make_optimizer(*, lr: float, lr_schedule: str, warmup_fraction: float, weigh
                    wd_schedule: str, total_steps: int) -> ScheduledAdamW:
     """AdamW as in the BERT recipe, with the given learning-rate and weight-decay schedules."""
     lr_value = learning_rate_schedule(lr, lr_schedule, total_steps, warmup_fraction)
-    wd_value = weight_decay_schedule(weight_decay, wd_schedule, total_steps, lr_value)
+    wd_value = weight_decay_schedule(weight_decay, wd_schedule, total_steps, lr_value, lr)
     optimizer = ScheduledAdamW(wd_value, learning_rate=lr_value, epsilon=1e-6)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     return optimizer

@@ -1,7 +1,7 @@
 """Tokenize each split once, cache the token ids on disk, and feed them as length-bucketed batches.
 
-Token ids are cached per (split content, preprocessor content, sequence length), so a
-sweep tokenizes its data once and every epoch and trial after that reads the cache.
+Token ids are cached per (split content, preprocessor content, sequence length, truncation),
+so a sweep tokenizes its data once and every epoch and trial after that reads the cache.
 Batches group examples of similar length and pad only to their longest member; the
 attention mask keeps the result equal to fixed-length padding.
 """
@@ -9,7 +9,6 @@ attention mask keeps the result equal to fixed-length padding.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf.cache import cache_dir
-from bertclf.data import Split, fingerprint
-from bertclf.encoders import EncoderSpec, load_preprocessor, preprocess_path
+from bertclf.cache import build_once, cache_dir
+from bertclf.datasets import Split, fingerprint
+from bertclf.encoder_map import EncoderSpec, load_preprocessor, preprocess_path
+from bertclf.model import INPUT_NAMES
+from bertclf.packing import head_length, pack_inputs
 
 TOKENIZE_BATCH = 512
 BUCKET_BOUNDARIES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448)
@@ -46,23 +47,25 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(spec: EncoderSpec, split: Split, seq_len: int) -> str | None:
+def _cache_key(spec: EncoderSpec, split: Split, seq_len: int, truncation: str,
+               head_tokens: int | None) -> str | None:
     folder = preprocess_path(spec)
     if folder is None:
         return None
-    parts = [fingerprint(split), _folder_digest(folder.resolve()), str(seq_len)]
+    kept = f"{truncation}:{head_length(seq_len, truncation, head_tokens)}"
+    parts = [fingerprint(split), _folder_digest(folder.resolve()), str(seq_len), kept]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def tokenize(spec: EncoderSpec, texts: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(spec: EncoderSpec, texts: list[str], seq_len: int, truncation: str = "head",
+             head_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run the encoder's preprocessor: (ids back to back, length of each) with [CLS]/[SEP],
-    truncated to `seq_len`."""
+    truncated to `seq_len` as `truncation` says."""
     preprocessor = load_preprocessor(spec)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def pack(batch):
-        packed = preprocessor.bert_pack_inputs([preprocessor.tokenize(batch)],
-                                               seq_length=tf.constant(seq_len, tf.int32))
+        packed = pack_inputs(preprocessor, batch, seq_len, truncation, head_tokens)
         lengths = tf.reduce_sum(tf.cast(packed["input_mask"], tf.int32), axis=1)
         return tf.RaggedTensor.from_tensor(packed["input_word_ids"], lengths=lengths)
 
@@ -76,28 +79,26 @@ def tokenize(spec: EncoderSpec, texts: list[str], seq_len: int) -> tuple[np.ndar
     return np.concatenate(values), np.concatenate(lengths)
 
 
-def token_ids(spec: EncoderSpec, split: Split, seq_len: int) -> TokenIds:
+def token_ids(spec: EncoderSpec, split: Split, seq_len: int, truncation: str = "head",
+              head_tokens: int | None = None) -> TokenIds:
     """The split's token ids, read from the on-disk cache or tokenized and cached."""
-    key = _cache_key(spec, split, seq_len)
-    path = cache_dir() / "tokens" / f"{key}.npz" if key else None
-    if path is not None and path.is_file():
-        with np.load(path) as cached:
-            return TokenIds(cached["values"], cached["row_lengths"], split.labels)
-    values, row_lengths = tokenize(spec, split.texts, seq_len)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(partial, values=values, row_lengths=row_lengths)
-        partial.replace(path)
-    return TokenIds(values, row_lengths, split.labels)
+    key = _cache_key(spec, split, seq_len, truncation, head_tokens)
+    if key is None:  # a hub handle not downloaded yet: nothing to key the cache on
+        return TokenIds(*tokenize(spec, split.texts, seq_len, truncation, head_tokens),
+                        split.labels)
+
+    def build(path: Path) -> None:
+        values, row_lengths = tokenize(spec, split.texts, seq_len, truncation, head_tokens)
+        np.savez(path, values=values, row_lengths=row_lengths)
+
+    with np.load(build_once(cache_dir() / "tokens" / f"{key}.npz", build)) as cached:
+        return TokenIds(cached["values"], cached["row_lengths"], split.labels)
 
 
 def _as_encoder_inputs(ids, label):
-    inputs = {
-        "input_word_ids": ids,
-        "input_mask": tf.cast(tf.not_equal(ids, 0), tf.int32),
-        "input_type_ids": tf.zeros_like(ids),
-    }
+    word_ids, mask, type_ids = INPUT_NAMES
+    inputs = {word_ids: ids, mask: tf.cast(tf.not_equal(ids, 0), tf.int32),
+              type_ids: tf.zeros_like(ids)}
     return inputs, label
 
 

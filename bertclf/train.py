@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from bertclf import accel
 from bertclf.config import TrainConfig
-from bertclf.data import Dataset
-from bertclf.encoders import EncoderSpec, get_encoder
+from bertclf.datasets import Dataset
+from bertclf.encoder_map import EncoderSpec, get_encoder
 from bertclf.errors import TrainingError
 from bertclf.model import build_classifier, loss_and_metric
 from bertclf.optim import make_optimizer
@@ -32,7 +32,7 @@ class TrainResult:
     test_loss: float
     test_accuracy: float
     train_seconds: float
-    data: dict = field(default_factory=dict)
+    data_summary: dict = field(default_factory=dict)  # source, notes, split seed, sizes
     hardware: dict = field(default_factory=dict)  # what the run used: GPU, precision, XLA
     model: tf.keras.Model | None = field(default=None, repr=False)
 
@@ -58,7 +58,7 @@ class TrainResult:
             "history": self.history,
             "params": asdict(self.config),
             "encoder": asdict(self.encoder),
-            "data": self.data,
+            "data": self.data_summary,
             "hardware": self.hardware,
         }
 
@@ -93,8 +93,37 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
     """Fine-tune one classifier. `dataset` skips loading; `callbacks` see every epoch."""
     config.validate()
     spec = get_encoder(config.encoder, config.encoder_map)
-    with accel.rewrites(config):
+    with accel.precision_rewrites(config):
         return _train(config, spec, dataset, callbacks, verbose)
+
+
+def compile_classifier(config: TrainConfig, spec: EncoderSpec, num_classes: int,
+                       steps: int) -> tf.keras.Model:
+    """The classifier for `config`, compiled by `compile_for_training`."""
+    model = build_classifier(spec, num_classes, config.dropout)
+    return compile_for_training(model, config, num_classes, steps)
+
+
+def compile_for_training(model: tf.keras.Model, config: TrainConfig, num_classes: int,
+                         steps: int) -> tf.keras.Model:
+    """`model` compiled to train for `steps` steps in all: AdamW with the config's schedules,
+    loss scaling and XLA as its precision needs, from-logits loss and accuracy. Fit it inside
+    `accel.precision_rewrites(config)`."""
+    loss, metric = loss_and_metric(num_classes)
+    optimizer = make_optimizer(lr=config.lr, lr_schedule=config.lr_schedule,
+                               warmup_fraction=config.warmup_fraction,
+                               weight_decay=config.weight_decay,
+                               wd_schedule=config.wd_schedule, total_steps=steps)
+    model.compile(optimizer=accel.with_loss_scaling(optimizer, config), loss=loss,
+                  metrics=[metric], jit_compile=accel.keras_jit_compile(config))
+    return model
+
+
+def split_token_ids(config: TrainConfig, spec: EncoderSpec, dataset: Dataset) -> dict:
+    """Each split's token ids as the config packs them (from the on-disk cache)."""
+    return {name: token_ids(spec, getattr(dataset, name), config.seq_len, config.truncation,
+                            config.head_tokens)
+            for name in ("train", "validation", "test")}
 
 
 def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
@@ -102,26 +131,15 @@ def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
            verbose: int | str) -> TrainResult:
     if dataset is None:
         dataset = config.load_data()
-    splits = {name: token_ids(spec, getattr(dataset, name), config.seq_len)
-              for name in ("train", "validation", "test")}
+    splits = split_token_ids(config, spec, dataset)
     # After tokenizing: building a built-in encoder on first use draws random numbers too.
     tf.keras.utils.set_random_seed(config.seed)
-    eval_batch = config.eval_batch_size or 4 * config.batch_size
     train_ds = make_dataset(splits["train"], config.batch_size, config.seq_len,
                             bucket=config.bucket, shuffle=True, seed=config.seed)
-    val_ds, test_ds = (make_dataset(splits[n], eval_batch, config.seq_len, bucket=config.bucket)
-                       for n in ("validation", "test"))
+    val_ds, test_ds = (make_dataset(splits[n], config.eval_batch, config.seq_len,
+                                    bucket=config.bucket) for n in ("validation", "test"))
     steps = steps_per_epoch(splits["train"], config.batch_size, config.seq_len, config.bucket)
-
-    num_classes = len(dataset.class_names)
-    model = build_classifier(spec, num_classes, config.dropout)
-    loss, metric = loss_and_metric(num_classes)
-    optimizer = make_optimizer(lr=config.lr, lr_schedule=config.lr_schedule,
-                               warmup_fraction=config.warmup_fraction,
-                               weight_decay=config.weight_decay,
-                               wd_schedule=config.wd_schedule, total_steps=steps * config.epochs)
-    model.compile(optimizer=accel.scaled(optimizer, config), loss=loss, metrics=[metric],
-                  jit_compile=accel.jit_compile(config))
+    model = compile_classifier(config, spec, len(dataset.class_names), steps * config.epochs)
 
     progress = []
     if verbose == "auto":
@@ -145,9 +163,9 @@ def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
         config=config, encoder=spec, class_names=list(dataset.class_names), history=history,
         best_epoch=best.best_epoch + 1, test_loss=float(test_loss),
         test_accuracy=float(test_accuracy), train_seconds=train_seconds,
-        data={"source": dataset.source, "notes": list(dataset.notes),
+        data_summary={"source": dataset.source, "notes": list(dataset.notes),
+              "split_seed": config.data_seed,
               **{f"{name}_examples": len(split) for name, split in splits.items()}},
-        hardware={"gpu": accel.has_gpu(), "precision": accel.resolve_precision(config),
-                  "xla": accel.use_jit(config)},
+        hardware=accel.hardware_used(config),
         model=model,
     )

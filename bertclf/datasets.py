@@ -5,49 +5,28 @@ the order in which the filesystem lists files. Empty (or whitespace-only) texts 
 with a note; everything else that cannot be loaded raises a one-line DataError.
 """
 
-import gzip
 import hashlib
-import http.client
 import os
 import re
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bertclf.archives import download, extract_cached, one_line
 from bertclf.cache import cache_dir
 from bertclf.errors import DataError
+from bertclf.splits import SPLIT_NAMES, Split, carve_missing, sample_splits, shuffle_splits
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
+IMDB_FALLBACK = "pass a local archive path (aclImdb_v1.tar.gz) or folder instead of 'imdb'"
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-SPLIT_NAMES = ("train", "validation", "test")
-_MARKER = ".bertclf-extracted"  # written last into a complete extraction
 _IGNORED_FOLDERS = {"unsup"}  # IMDB's unlabelled reviews
 _INTEGER = re.compile(r"-?\d+")
-# Each random step draws from its own stream, so changing one step never reshuffles another.
-_TEST_STREAM, _VAL_STREAM, _SAMPLE_STREAM, _SHUFFLE_STREAM = range(4)
-
-
-@dataclass
-class Split:
-    """Texts and their int32 class indices into Dataset.class_names."""
-
-    texts: list[str]
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.texts)
 
 
 @dataclass
@@ -94,13 +73,12 @@ def load_dataset(
     notes: list[str] = []
     name, raws = _read_source(source, text_column, label_column, notes)
     splits, class_names = _encode_splits(raws, notes)
-    splits = _carve_missing(splits, raws["train"].where, val_fraction, test_fraction, seed, notes)
+    splits = carve_missing(splits, raws["train"].where, val_fraction, test_fraction, seed, notes)
     caps = max_examples if isinstance(max_examples, dict) else dict.fromkeys(
         SPLIT_NAMES, max_examples)
     if any(cap is not None for cap in caps.values()):
-        splits = _sample_splits(splits, caps, seed, notes)
-    shuffled = {k: _subset(s, _rng(seed, _SHUFFLE_STREAM, k).permutation(len(s)))
-                for k, s in splits.items()}
+        splits = sample_splits(splits, caps, seed, notes)
+    shuffled = shuffle_splits(splits, seed)
     return Dataset(shuffled["train"], shuffled["validation"], shuffled["test"],
                    class_names, name, notes)
 
@@ -115,32 +93,22 @@ def fingerprint(split: Split) -> str:
     return digest.hexdigest()
 
 
+def imdb_url() -> str:
+    """Where 'imdb' is downloaded from: $BERTCLF_IMDB_URL (a mirror), else the official URL."""
+    return os.environ.get("BERTCLF_IMDB_URL") or IMDB_URL
+
+
 def download_imdb(cache: Path | None = None) -> Path:
-    """Download the IMDB archive once into <cache>/imdb (cache defaults to cache_dir()),
-    verify its SHA-256, extract it under <cache>/extracted and return its aclImdb folder."""
+    """Download the IMDB archive once from imdb_url() into <cache>/imdb (cache defaults to
+    cache_dir()), verify its SHA-256 ($BERTCLF_IMDB_SHA256, else the official archive's),
+    extract it under <cache>/extracted and return its aclImdb folder."""
     root = Path(cache) if cache is not None else cache_dir()
-    archive = root / "imdb" / "aclImdb_v1.tar.gz"
-    if not archive.is_file():
-        _download(IMDB_URL, archive, IMDB_SHA256)
-    folder = _extract_cached(archive, root) / "aclImdb"
+    sha256 = (os.environ.get("BERTCLF_IMDB_SHA256") or IMDB_SHA256).strip().lower()
+    archive = download(imdb_url(), root / "imdb" / "aclImdb_v1.tar.gz", sha256, IMDB_FALLBACK)
+    folder = extract_cached(archive, root) / "aclImdb"
     if not folder.is_dir():
         raise DataError(f"{archive} holds no aclImdb/ folder; delete it and try again")
     return folder
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar archive into dest after checking every member; refuses absolute paths,
-    '..', links and special files, and raises DataError on a truncated or corrupt archive."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(archive, member)
-            _check_complete(archive, tar)
-            dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DataError(f"{archive} is truncated or corrupt: {_one_line(error)}") from None
 
 
 # --- reading sources -----------------------------------------------------------------------
@@ -158,7 +126,7 @@ def _read_source(
     if path.is_dir():
         return str(path), _read_folder(_find_root(path), text_column, label_column)
     if path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        folder = _extract_cached(path, cache_dir())
+        folder = extract_cached(path, cache_dir())
         notes.append(f"read {path.name} from its extracted copy in {folder}")
         return str(path), _read_folder(_find_root(folder), text_column, label_column)
     if path.suffix.lower() in TABLE_SUFFIXES:
@@ -276,7 +244,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"{path} is not valid UTF-8 (bad byte at offset {error.start});"
                         " re-save it as UTF-8") from None
     except (ValueError, OSError) as error:
-        raise DataError(f"cannot read {path}: {_one_line(error)}") from None
+        raise DataError(f"cannot read {path}: {one_line(error)}") from None
 
 
 def _label_names(labels: pd.Series) -> list[str]:
@@ -286,7 +254,7 @@ def _label_names(labels: pd.Series) -> list[str]:
     return [str(value).strip() for value in labels.tolist()]
 
 
-# --- splitting -----------------------------------------------------------------------------
+# --- class indices -------------------------------------------------------------------------
 
 
 def _encode_splits(raws: dict[str, _Raw], notes: list[str]) -> tuple[dict[str, Split], list[str]]:
@@ -324,80 +292,6 @@ def _sort_labels(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def _carve_missing(splits: dict[str, Split], where: str, val_fraction: float,
-                   test_fraction: float, seed: int, notes: list[str]) -> dict[str, Split]:
-    """Carve a missing test split, then a missing validation split, out of train."""
-    splits = dict(splits)
-    if "test" not in splits:
-        splits["test"], splits["train"] = _carve(splits["train"], test_fraction,
-                                                 _rng(seed, _TEST_STREAM))
-        notes.append(f"no test split in {where}: carved {test_fraction * 100:g}% out"
-                     f" with seed {seed}")
-    if "validation" not in splits:
-        splits["validation"], splits["train"] = _carve(splits["train"], val_fraction,
-                                                       _rng(seed, _VAL_STREAM))
-        notes.append(f"validation: carved {val_fraction * 100:g}% out of train with seed {seed}")
-    return splits
-
-
-def _carve(split: Split, fraction: float, rng: np.random.Generator) -> tuple[Split, Split]:
-    """A stratified `fraction` of split, and the rest (which keeps every class)."""
-    total = int(fraction * len(split) + 0.5)
-    picked = _stratified_pick(split.labels, total, rng, spare_one=True)
-    rest = np.setdiff1d(np.arange(len(split)), picked)
-    return _subset(split, picked), _subset(split, rest)
-
-
-def _sample_splits(splits: dict[str, Split], caps: dict[str, int | None], seed: int,
-                   notes: list[str]) -> dict[str, Split]:
-    sampled = {name: split if caps.get(name) is None else
-               _subset(split, _stratified_pick(split.labels, caps[name],
-                                               _rng(seed, _SAMPLE_STREAM, name)))
-               for name, split in splits.items()}
-    sizes = "/".join(str(len(sampled[name])) for name in SPLIT_NAMES)
-    limits = set(caps.values())
-    limits = limits.pop() if len(limits) == 1 else "/".join(str(caps[n]) for n in SPLIT_NAMES)
-    notes.append(f"max_examples={limits}: sampled train/validation/test down to {sizes}"
-                 f" (stratified, seed {seed})")
-    return sampled
-
-
-def _stratified_pick(labels: np.ndarray, total: int, rng: np.random.Generator,
-                     spare_one: bool = False) -> np.ndarray:
-    """Sorted indices of a random sample of `total` labels in the classes' proportions;
-    spare_one leaves at least one item of every class out of it."""
-    classes, counts = np.unique(labels, return_counts=True)
-    quotas = _allocate(counts, counts - int(spare_one), total)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k]
-              for c, k in zip(classes, quotas, strict=True)]
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-
-
-def _allocate(counts: np.ndarray, caps: np.ndarray, total: int) -> np.ndarray:
-    """Split `total` over classes in proportion to counts (largest remainders), at most caps
-    each, and at least one per class where the total allows."""
-    total = int(min(total, caps.sum()))
-    if total == 0:
-        return np.zeros_like(counts)
-    exact = counts * total / counts.sum()
-    quotas = np.minimum(np.floor(exact).astype(int), caps)
-    if total >= np.count_nonzero(caps):
-        quotas = np.maximum(quotas, (caps > 0).astype(int))
-    while quotas.sum() > total:
-        quotas[np.argmax(np.where(quotas > 1, quotas - exact, -np.inf))] -= 1
-    while quotas.sum() < total:
-        quotas[np.argmax(np.where(quotas < caps, exact - quotas, -np.inf))] += 1
-    return quotas
-
-
-def _subset(split: Split, indices: np.ndarray) -> Split:
-    return Split([split.texts[i] for i in indices], split.labels[indices])
-
-
-def _rng(seed: int, stream: int, split: str = "") -> np.random.Generator:
-    return np.random.default_rng([seed, stream, SPLIT_NAMES.index(split) if split else 0])
-
-
 def _check_options(val_fraction: float, test_fraction: float,
                    max_examples: int | dict[str, int | None] | None, seed: int) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -408,100 +302,3 @@ def _check_options(val_fraction: float, test_fraction: float,
         raise DataError(f"max_examples must be at least 1, got {max_examples}")
     if seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")
-
-
-# --- archives and downloads ----------------------------------------------------------------
-
-
-def _extract_cached(archive: Path, cache: Path) -> Path:
-    """Extract archive once into cache/extracted/<its sha256, 16 hex>; reuse a complete copy."""
-    dest = cache / "extracted" / _sha256_file(archive)[:16]
-    if (dest / _MARKER).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{dest.name}.partial-", dir=dest.parent))
-    try:
-        safe_extract(archive, partial)
-        (partial / _MARKER).write_text(f"{archive}\n", encoding="utf-8")
-        if dest.exists() and not (dest / _MARKER).is_file():
-            shutil.rmtree(dest)  # an incomplete copy left by someone else
-        try:
-            partial.rename(dest)
-        except OSError:
-            if not (dest / _MARKER).is_file():  # else another process finished first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return dest
-
-
-def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
-    path = PurePosixPath(member.name)
-    if path.is_absolute():
-        problem = "an absolute path"
-    elif ".." in path.parts:
-        problem = "a path through '..'"
-    elif member.issym() or member.islnk():
-        problem = "a link"
-    elif not (member.isfile() or member.isdir()):
-        problem = "a device or special file"
-    else:
-        return
-    raise DataError(f"refusing to extract {archive}: member {member.name!r} is {problem}")
-
-
-def _check_complete(archive: Path, tar: tarfile.TarFile) -> None:
-    """tarfile takes a tar cut at a member boundary for a complete one; the end-of-archive
-    zero block after the last member tells them apart."""
-    tar.fileobj.seek(tar.offset)
-    if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-        raise DataError(f"{archive} is truncated: it stops after {len(tar.getmembers())} member(s)"
-                        " without an end-of-archive block")
-
-
-def _download(url: str, dest: Path, sha256: str) -> None:
-    """Download url to dest through a temporary file, keeping it only if its SHA-256 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-    try:
-        digest = _fetch(url, partial)
-        if digest != sha256:
-            raise DataError(f"{url} arrived with SHA-256 {digest}, expected {sha256}; deleted it."
-                            " Try again, or pass a local archive path or folder instead of 'imdb'")
-        partial.replace(dest)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _fetch(url: str, dest: Path) -> str:
-    """Stream url into dest with a progress line on stderr; returns the SHA-256 hex digest."""
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
-            size = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                of = f" of {size / 2**20:.1f}" if size else ""
-                print(f"\rdownloading {url}: {done / 2**20:.1f}{of} MiB", end="",
-                      file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-    except (OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", error)
-        raise DataError(f"cannot download {url} ({_one_line(reason)}); pass a local archive"
-                        " path (aclImdb_v1.tar.gz) or folder instead of 'imdb'") from None
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _one_line(error: object) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

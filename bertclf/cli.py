@@ -1,0 +1,43 @@
+"""What every command line of the project shares: argparse with one-line errors, the
+true/false flag type, and running a command with its exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bertclf.errors import TrainingError, UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parse_bool(value: str) -> bool:
+    """A true/false flag value: 1/true/yes/on or 0/false/no/off, any case."""
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def run_command(prog: str, command: Callable[[], int | None]) -> int:
+    """Run a command line's work: user errors are one stderr line and exit status 2, a
+    failed training run 1, Ctrl-C 130."""
+    try:
+        return command() or 0
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"{prog}: failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,59 @@
+"""Score an exported model on a labelled split, through the model's own preprocessing (so
+serving's ids are what is scored), in length-bucketed batches under the run's precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bertclf import accel
+from bertclf.config import TrainConfig
+from bertclf.datasets import Split
+from bertclf.errors import UserError
+from bertclf.export import load_model, probabilities
+from bertclf.tokens import TokenIds, make_dataset
+
+PREPROCESS_BATCH = 512
+
+
+def exported_token_ids(model, split: Split) -> TokenIds:
+    """The split's ids as the exported model packs them, padding stripped."""
+    values, lengths = [], []
+    for start in range(0, len(split), PREPROCESS_BATCH):
+        packed = model.preprocess(tf.constant(split.texts[start:start + PREPROCESS_BATCH]))
+        mask = packed["input_mask"].numpy().astype(bool)
+        values.append(packed["input_word_ids"].numpy()[mask].astype(np.int32))
+        lengths.append(mask.sum(axis=1).astype(np.int32))
+    return TokenIds(np.concatenate(values), np.concatenate(lengths), split.labels)
+
+
+def evaluate_export(path: str | Path, split: Split, class_names: list[str],
+                    precision: str = "auto", batch_size: int = 128) -> dict:
+    """Accuracy and loss of the exported model at `path` on `split`, whose labels index
+    `class_names` (matched to the model's classes by name)."""
+    model = load_model(path)
+    if not hasattr(model, "logits"):
+        raise UserError(f"{path}: exported by an older version (no `logits` function); "
+                        "export it again to evaluate it")
+    names = [n.decode() for n in model.class_names.numpy()]
+    unknown = sorted(set(class_names) - set(names))
+    if unknown:
+        raise UserError(f"data class(es) {', '.join(unknown)} are not classes of the model "
+                        f"({', '.join(names)})")
+    labels = np.array([names.index(class_names[y]) for y in split.labels], dtype=np.int32)
+    tokens = exported_token_ids(model, Split(split.texts, labels))
+    seq_len = int(model.seq_len.numpy())
+    settings = TrainConfig(data=str(path), precision=precision)
+    logits, truth = [], []
+    with accel.precision_rewrites(settings):
+        for inputs, batch_labels in make_dataset(tokens, batch_size, seq_len, bucket=True):
+            logits.append(model.logits(inputs).numpy())
+            truth.append(batch_labels.numpy())
+    probs = probabilities(np.concatenate(logits))
+    truth = np.concatenate(truth)
+    picked = probs[np.arange(len(truth)), truth]
+    return {"accuracy": float(np.mean(probs.argmax(axis=1) == truth)),
+            "loss": float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0)))),
+            "examples": int(len(truth)), "precision": accel.resolve_precision(settings)}
