@@ -6,49 +6,29 @@ before it starts, and whatever it imports here would count as the child's start-
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-
-class ChildFailed(RuntimeError):
-    """A benchmark child process raised or died."""
+from sweep.processes import ChildProcess
 
 
 def spawn(target: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """Run `target(*args)` in a fresh spawned process: (its return value, wall seconds from
     before the spawn to after the process ended)."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
     started = time.perf_counter()
     # Not a daemon: daemons may not start processes, and some targets run trials.
-    process = context.Process(target=_entry, args=(target, args, sender))
-    process.start()
-    sender.close()
-    try:
-        kind, payload = receiver.recv()
-    except EOFError:
-        kind, payload = "error", "the process died without answering"
-    except BaseException:  # Ctrl-C: do not leave it running
-        process.kill()
-        process.join()
-        raise
-    process.join()
-    wall = time.perf_counter() - started
-    if kind == "error":
-        raise ChildFailed(f"{target.__name__}: {payload}")
-    return payload, wall
+    result = ChildProcess(daemon=False).call(target, *args)
+    return result, time.perf_counter() - started
 
 
-def _entry(target: Callable[..., Any], args: tuple, connection) -> None:
-    try:
-        connection.send(("ok", target(*args)))
-    except BaseException as e:  # everything must reach the parent
-        traceback.print_exc()
-        connection.send(("error", f"{type(e).__name__}: {e}"))
+def run_in_child(job) -> dict:
+    """sweep.trial.run_job(job) in one fresh process that imports what a trial process
+    preloads, then runs the job (nothing started ahead: a sweep's first trial)."""
+    from sweep.trial import PRELOAD, run_job
+
+    return ChildProcess(PRELOAD).call(run_job, job)
 
 
 def vm_rss_mb() -> float:
@@ -69,35 +49,25 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
 
     from bertclf import accel
     from bertclf.config import TrainConfig
-    from bertclf.encoders import get_encoder
-    from bertclf.model import build_classifier, loss_and_metric
-    from bertclf.optim import make_optimizer
-    from bertclf.tokens import make_dataset, steps_per_epoch, token_ids
+    from bertclf.encoder_map import get_encoder
+    from bertclf.tokens import make_dataset, steps_per_epoch
+    from bertclf.train import compile_classifier, split_token_ids
 
     cfg = TrainConfig(**config)
     spec = get_encoder(cfg.encoder, cfg.encoder_map)
     tf.keras.utils.set_random_seed(cfg.seed)
-    ids = {name: token_ids(spec, getattr(dataset, name), cfg.seq_len)
-           for name in ("train", "validation", "test")}
-    eval_batch = cfg.eval_batch_size or 4 * cfg.batch_size
+    ids = split_token_ids(cfg, spec, dataset)
     train_ds = make_dataset(ids["train"], cfg.batch_size, cfg.seq_len, bucket=cfg.bucket,
                             shuffle=True, seed=cfg.seed)
-    val_ds, test_ds = (make_dataset(ids[n], eval_batch, cfg.seq_len, bucket=cfg.bucket)
+    val_ds, test_ds = (make_dataset(ids[n], cfg.eval_batch, cfg.seq_len, bucket=cfg.bucket)
                        for n in ("validation", "test"))
     steps = steps_per_epoch(ids["train"], cfg.batch_size, cfg.seq_len, cfg.bucket)
-    model = build_classifier(spec, len(dataset.class_names), cfg.dropout)
-    loss, metric = loss_and_metric(len(dataset.class_names))
-    optimizer = make_optimizer(lr=cfg.lr, lr_schedule=cfg.lr_schedule,
-                               warmup_fraction=cfg.warmup_fraction,
-                               weight_decay=cfg.weight_decay, wd_schedule=cfg.wd_schedule,
-                               total_steps=steps * cfg.epochs)
-    model.compile(optimizer=accel.scaled(optimizer, cfg), loss=loss, metrics=[metric],
-                  jit_compile=accel.jit_compile(cfg))
+    model = compile_classifier(cfg, spec, len(dataset.class_names), steps * cfg.epochs)
     stamps["fit_started"] = time.time()
     verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.train does
     first_step = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: stamps.setdefault("first_step", time.time()))
-    with accel.rewrites(cfg):
+    with accel.precision_rewrites(cfg):
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose,
                   callbacks=[first_step])
         stamps["fit_ended"] = time.time()
@@ -107,7 +77,7 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
 
 
 def timed_trial(job, spawned_at: float) -> dict:
-    """sweep.trial.run_job(job), as run_in_child runs it, with timestamps: when this process
+    """sweep.trial.run_job(job) in this fresh process, with timestamps: when this process
     started running Python code of ours, when run_job called train (imports and stores done),
     when fit began (cached ids loaded, model built), when the first training step ended,
     when fit ended, and when the trial (evaluation, logging, export) was done."""
@@ -141,11 +111,9 @@ def timed_trial(job, spawned_at: float) -> dict:
 
 
 def sequential_trials(jobs: list) -> list[dict]:
-    """sweep.trial.run_in_child for each job in turn, from this light process (no TensorFlow)
+    """run_in_child for each job in turn, from this light process (no TensorFlow)
     as from a sweep's parent: a spawned trial's ru_maxrss starts at its parent's peak RSS, so
     a parent that has trained models itself would hide the trials' own peaks."""
-    from sweep.trial import run_in_child
-
     return [run_in_child(job) for job in jobs]
 
 

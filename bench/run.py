@@ -51,12 +51,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
-    from bench.rows import FULL, QUICK, ROWS, Context, bench_vocab, make_preprocessor
-    from bertclf.accel import use_jit
+    from bench.context import FULL, QUICK, Context, bench_vocab, make_preprocessor
+    from bench.rows import ROWS
+    from bertclf.accel import xla_enabled
     from bertclf.cache import cache_dir
     from bertclf.config import TrainConfig
-    from bertclf.data import load_dataset
-    from bertclf.encoders import get_encoder, resolve_handle
+    from bertclf.datasets import load_dataset
+    from bertclf.encoder_map import get_encoder, resolve_handle
     from bertclf.errors import UserError
 
     wanted = args.rows.split(",") if args.rows else list(ROWS)
@@ -86,7 +87,7 @@ def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
     ctx = Context(plan=plan, data_path=Path(args.data).resolve(), dataset=dataset,
                   scratch=scratch, tiny=tiny, vocab=vocab,
                   preprocess=make_preprocessor(vocab, scratch / "preprocess"),
-                  jit=use_jit(TrainConfig(data=str(args.data))))
+                  jit=xla_enabled(TrainConfig(data=str(args.data))))
 
     rows: list[Row] = []
     row_seconds: dict[str, float] = {}

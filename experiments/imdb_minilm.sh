@@ -12,7 +12,7 @@ time python -m bertclf train \
     --max-train-examples 12000 --max-val-examples 2000 \
     --seq-len 128 --batch-size 32 --eval-batch-size 128 \
     --epochs 1 --lr 8e-5 --lr-schedule linear --warmup-fraction 0.1 \
-    --weight-decay 0.01 --wd-schedule constant --seed 42 \
+    --weight-decay 0.01 --wd-schedule lr --precision float32 --seed 42 \
     --out "$out" --force
 python -m bertclf predict "$out/saved_model" "a wonderful film, moving and beautifully acted" \
     "a dull, lifeless mess"

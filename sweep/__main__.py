@@ -1,31 +1,20 @@
-"""Command line: `python -m sweep run|best|trials`."""
+"""Command line: `python -m sweep run|promote|best|trials`."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-from bertclf.__main__ import ArgumentParser, run_command
+from bertclf.cli import ArgumentParser, run_command
 from bertclf.errors import UserError
 from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
-RELOAD_CHECK = """
-import sys, tensorflow as tf, tensorflow_text
-model = tf.saved_model.load(sys.argv[1])
-logits = model(tf.constant(["a wonderful film", "a dull, boring mess"])).numpy()
-assert logits.shape[0] == 2, logits.shape
-print(logits.tolist())
-"""
+EXPERIMENT_ATTR = "experiment"  # study attribute: the experiment file it was run with
 
 
 def _stores(parser: argparse.ArgumentParser) -> None:
@@ -38,28 +27,28 @@ def _stores(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import optuna
-
-    from sweep.experiment import load_experiment
+    from sweep.experiment import drop_unreachable_encoders, load_experiment
     from sweep.runner import Sweep, load_experiment_data
-    from sweep.study import open_storage, open_study
-    from sweep.tracking import Tracker
+    from sweep.study import make_pruner, open_storage, open_study
 
     if args.workers > 1 and args.in_process:
         raise UserError("--in-process runs one trial at a time: drop --workers")
     # Bad input is found before anything is written.
     experiment = load_experiment(args.experiment, data_override=args.data)
+    dropped = drop_unreachable_encoders(experiment)
+    if dropped:
+        print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here: "
+              + "; ".join(f"{name} ({why})" for name, why in dropped.items())
+              + f"; searching {', '.join(map(str, experiment.space['encoder']))}", flush=True)
     dataset = load_experiment_data(experiment)
     name = args.study or experiment.study_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
-    study, created = open_study(name, storage, pruner=experiment.pruner, sampler_seed=seed)
-    if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
-    tracker = Tracker(args.tracking_uri, study, created)
-    fixed = tracker.reconcile()
-    if fixed:
-        print(f"sweep: ended {fixed} run(s) left RUNNING by a dead worker as FAILED")
+    study, created = open_study(name, storage, sampler_seed=seed,
+                                pruner=make_pruner(experiment.pruner, experiment.max_epochs))
+    study.set_user_attr(EXPERIMENT_ATTR, {"path": str(experiment.path), "text": experiment.text,
+                                          "data_override": experiment.data_override})
+    tracker = _open_tracker(args.tracking_uri, study, created)
     trials = args.trials or experiment.trials
     timeout = args.timeout * 60 if args.timeout else (
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
@@ -67,50 +56,78 @@ def _run(args: argparse.Namespace) -> int:
           f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
     sweep = Sweep(experiment, dataset, study, tracker, args.storage, in_process=args.in_process)
     tracker.open_parent(str(experiment.path))
-    # A scheduler's SIGTERM ends the sweep as cleanly as Ctrl-C does.
+    if dropped:
+        tracker.client.set_tag(tracker.parent_run_id, "dropped_encoders", "; ".join(
+            f"{name}: {why}" for name, why in dropped.items()))
+    code = _until_done(study, tracker, lambda: sweep.run(trials, timeout, workers=args.workers))
+    if code == 0:
+        _print_best(study, tracker)
+    return code
+
+
+def _open_tracker(tracking_uri: str, study, created: bool = False):
+    """The study's MLflow tracker, after failing what dead workers left behind."""
+    import optuna
+
+    from sweep.tracking import Tracker
+
+    optuna.storages.fail_stale_trials(study)
+    tracker = Tracker(tracking_uri, study, created)
+    fixed = tracker.reconcile()
+    if fixed:
+        print(f"sweep: ended {fixed} run(s) left RUNNING by a dead worker as FAILED")
+    print(f"sweep: MLflow UI: {tracker.ui_link()}", flush=True)
+    return tracker
+
+
+def _until_done(study, tracker, work) -> int:
+    """Run `work`, then close the parent run as it ended: Ctrl-C (or a scheduler's SIGTERM)
+    ends the run in progress as failed and exits 130; the study can be continued."""
+    import optuna
+
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    status = "FAILED"
     try:
-        sweep.run(trials, timeout, workers=args.workers)
+        work()
+        status = "FINISHED"
     except KeyboardInterrupt:
-        _close(study, storage, tracker, "KILLED")
-        print("sweep: interrupted; the trial in progress was recorded as failed. "
+        status = "KILLED"
+        print("sweep: interrupted; the run in progress was recorded as failed. "
               "Run the same command again to continue the study.", file=sys.stderr)
         return 130
-    except BaseException:
-        _close(study, storage, tracker, "FAILED")
-        raise
-    _close(study, storage, tracker, "FINISHED")
-    _print_best(study)
+    finally:
+        optuna.storages.fail_stale_trials(study)
+        tracker.reconcile()
+        tracker.close_parent(status)
     return 0
 
 
-def _close(study, storage, tracker, status: str) -> None:
-    """Fail trials of dead workers, end their runs, and end the parent run."""
-    import optuna
+def _print_best(study, tracker=None) -> None:
+    from sweep.export import chosen_model
 
-    if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
-    tracker.reconcile()
-    tracker.close_parent(status)
-
-
-def _print_best(study) -> None:
     try:
-        best = study.best_trial
-    except ValueError:
-        print("sweep: no trial has completed yet")
+        chosen = chosen_model(study)
+    except UserError as e:
+        print(f"sweep: {e}" if "no completed trial" not in str(e)
+              else "sweep: no trial has completed yet")
         return
+    best = study.best_trial
     print(f"best trial: {best.number} of study {study.study_name!r}")
     print(f"  val_accuracy:  {best.value:.4f}")
     print(f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}")
     print(f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}")
-    for key, value in {**best.params, **_fixed(best)}.items():
+    fixed = {k.removeprefix("fixed."): v for k, v in best.user_attrs.items()
+             if k.startswith("fixed.")}
+    for key, value in {**best.params, **fixed}.items():
         print(f"  {key}: {value}")
-
-
-def _fixed(trial) -> dict:
-    return {k.removeprefix("fixed."): v for k, v in trial.user_attrs.items()
-            if k.startswith("fixed.")}
+    if chosen.promotion:
+        p = chosen.promotion
+        print(f"promoted winner: trial {p['trial']}, over seeds {p['seeds']}: val_accuracy "
+              f"{p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, test_accuracy "
+              f"{p['test_accuracy_mean']:.4f} ± {p['test_accuracy_std']:.4f}; exported model: "
+              f"seed {p['best_seed']} (run {p['run_id']})")
+    if tracker is not None:
+        print(f"sweep: MLflow UI: {tracker.ui_link()}")
 
 
 def _load(args: argparse.Namespace):
@@ -120,77 +137,77 @@ def _load(args: argparse.Namespace):
     return load_existing_study(args.study, open_storage(args.storage, heartbeat=None))
 
 
-def _export(study, trial, out: Path, force: bool, tracking_uri: str) -> None:
-    import mlflow
-
-    from bertclf.outdir import check_out_dir, make_out_dir
-
-    model_uri = trial.user_attrs.get("model_uri")
-    if not model_uri:
-        raise UserError(f"trial {trial.number} has no logged model to export")
-    check_out_dir(out, force)
-    mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="sweep-export-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        shutil.copytree(local / "artifacts" / "saved_model", make_out_dir(out, force),
-                        dirs_exist_ok=True)
-    check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(out)],
-                           capture_output=True, text=True)
-    if check.returncode != 0:
-        raise RuntimeError(f"exported model at {out} does not reload: {check.stderr[-500:]}")
-    card = {
-        "study": study.study_name, "trial": trial.number,
-        "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "model_uri": model_uri,
-        "params": {**_fixed(trial), **trial.params},
-        "metrics": {"val_accuracy": trial.value,
-                    **{k: trial.user_attrs.get(k) for k in ("test_accuracy", "test_loss",
-                                                            "best_epoch")}},
-    }
-    bundled = out / "assets.extra" / "bertclf.json"
-    if bundled.is_file():
-        extra = json.loads(bundled.read_text())
-        card.update(data=extra.get("data"), encoder=extra.get("encoder"),
-                    class_names=extra.get("class_names"))
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(f"exported trial {trial.number} to {out} (reload checked), "
-          f"model card {out / 'model_card.json'}")
-
-
 def _best(args: argparse.Namespace) -> int:
+    from sweep.tracking import Tracker
+
     study = _load(args)
-    _print_best(study)
+    tracker = None
+    if study.user_attrs.get("mlflow_parent_run_id"):
+        tracker = Tracker(args.tracking_uri, study, created=False)
+    _print_best(study, tracker)
     if args.export is not None:
-        completed = [t for t in study.trials if t.state.name == "COMPLETE"]
-        if not completed:
-            raise UserError(f"study {study.study_name!r} has no completed trial to export")
+        from sweep.export import export_chosen
+
         out = Path(args.export or Path("exported") / study.study_name)
-        _export(study, study.best_trial, out, args.force, args.tracking_uri)
+        export_chosen(study, out, args.force, args.tracking_uri)
+    if args.register:
+        from sweep.export import register_chosen
+
+        register_chosen(study, args.register, args.alias, args.tracking_uri)
     return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from sweep.experiment import parse_experiment
+    from sweep.promote import Promotion
+
+    study = _load(args)
+    stored = study.user_attrs.get(EXPERIMENT_ATTR)
+    if not stored:
+        raise UserError(f"study {study.study_name!r} does not record its experiment file "
+                        "(it was made by an older version); run `sweep run` on it once")
+    experiment = parse_experiment(stored["text"], Path(stored["path"]),
+                                  stored.get("data_override"))
+    top = args.top or experiment.promotion.top
+    seeds = args.seeds or experiment.promotion.seeds
+    tracker = _open_tracker(args.tracking_uri, study)
+    promotion = Promotion(experiment, study, tracker, top, seeds, in_process=args.in_process)
+    tracker.open_parent(stored["path"])
+    return _until_done(study, tracker, promotion.run)
 
 
 def _trials(args: argparse.Namespace) -> int:
-    study = _load(args)
-    param_names = sorted({p for t in study.trials for p in t.params})
-    header = ["number", "state", *param_names, "val_accuracy", "test_accuracy", "duration_s"]
-    rows = []
-    for t in study.trials:
-        duration = ((t.datetime_complete - t.datetime_start).total_seconds()
-                    if t.datetime_complete and t.datetime_start else None)
-        rows.append([t.number, t.state.name, *[t.params.get(p) for p in param_names],
-                     t.value, t.user_attrs.get("test_accuracy"),
-                     round(duration, 1) if duration is not None else None])
-    if args.csv is not None:
-        if args.csv == "-":
-            csv.writer(sys.stdout).writerows([header, *rows])
-        else:
-            with open(args.csv, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows([header, *rows])
-        return 0
     import pandas as pd
 
+    from sweep.study import OBJECTIVE
+
+    study = _load(args)
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params",
+                                          "user_attrs"))
+    params = sorted(c for c in frame.columns if c.startswith("params_"))
+    duration = frame["duration"].dt.total_seconds().round(1) if "duration" in frame else None
+    table = pd.DataFrame({
+        "number": frame.get("number"), "state": frame.get("state"),
+        **{name.removeprefix("params_"): frame[name] for name in params},
+        # a study that names its objective calls the column value_<name>
+        "val_accuracy": frame.get(f"value_{OBJECTIVE}", frame.get("value")),
+        "test_accuracy": frame.get("user_attrs_test_accuracy"), "duration_s": duration,
+    }, index=frame.index)
+    if args.csv is not None:
+        table.to_csv(sys.stdout if args.csv == "-" else args.csv, index=False)
+        return 0
     with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(pd.DataFrame(rows, columns=header).to_string(index=False))
+        print(table.to_string(index=False))
     return 0
+
+
+def _study_command(commands, name: str, run, help: str) -> argparse.ArgumentParser:
+    """A command on an existing study: --study and the store flags."""
+    parser = commands.add_parser(name, help=help)
+    parser.add_argument("--study", help="study name (default: the only one)")
+    _stores(parser)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,20 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
     _stores(run)
     run.set_defaults(run=_run)
 
-    best = commands.add_parser("best", help="show (and export) the best trial")
-    best.add_argument("--study", help="study name (default: the only one)")
+    promote = _study_command(commands, "promote", _promote, "re-train the best "
+                             "configurations over seeds at full fidelity")
+    promote.add_argument("--top", type=int, help="how many configurations (default: the "
+                         "experiment's promote.top)")
+    promote.add_argument("--seeds", type=int, help="training seeds per configuration "
+                         "(default: the experiment's promote.seeds)")
+    promote.add_argument("--in-process", action="store_true",
+                         help="train in this process (debugging; memory grows)")
+
+    best = _study_command(commands, "best", _best, "show, export or register the chosen model")
     best.add_argument("--export", nargs="?", const="", metavar="DIR",
                       help="write its SavedModel to DIR (default exported/<study>/)")
     best.add_argument("--force", action="store_true", help="replace a non-empty DIR")
-    _stores(best)
-    best.set_defaults(run=_best)
+    best.add_argument("--register", metavar="NAME",
+                      help="register it in the MLflow Model Registry under NAME")
+    best.add_argument("--alias", default="champion",
+                      help="the alias --register points at the new version (default champion)")
 
-    trials = commands.add_parser("trials", help="list the trials of a study")
-    trials.add_argument("--study", help="study name (default: the only one)")
+    trials = _study_command(commands, "trials", _trials, "list the trials of a study")
     trials.add_argument("--csv", nargs="?", const="-", metavar="PATH",
                         help="write CSV to PATH (default: standard output)")
-    _stores(trials)
-    trials.set_defaults(run=_trials)
     return parser
 
 
@@ -239,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
-    for flag in ("trials", "workers", "heartbeat"):
+    for flag in ("trials", "workers", "heartbeat", "top", "seeds"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"sweep: error: --{flag} must be at least 1", file=sys.stderr)
             return 2

@@ -15,6 +15,7 @@ import optuna
 from bertclf.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+OBJECTIVE = "val_accuracy"  # what every study maximises (its name in optuna-dashboard)
 T = TypeVar("T")
 HEARTBEAT_SECONDS = 10  # a running trial's pulse; after 3 missed beats it counts as dead
 GRACE_BEATS = 3
@@ -71,26 +72,44 @@ def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
             time.sleep(attempt)
 
 
-def make_pruner(kind: str) -> optuna.pruners.BasePruner:
-    """Hyperband or median pruning on per-epoch validation accuracy, or none."""
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
+# Pruner kind -> its Optuna class and our defaults. Steps are epochs, counted from 1 as in
+# MLflow; median and percentile may stop a trial after any epoch once 3 trials completed.
+PRUNERS = {
+    "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 1, "reduction_factor": 3}),
+    "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 1}),
+    "median": (optuna.pruners.MedianPruner, {"n_startup_trials": 3, "n_warmup_steps": 1}),
+    "percentile": (optuna.pruners.PercentilePruner, {"n_startup_trials": 3,
+                                                     "n_warmup_steps": 1}),
+    "threshold": (optuna.pruners.ThresholdPruner, {}),
+    "none": (optuna.pruners.NopPruner, {}),
+}
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, *, pruner: str = "hyperband",
+def make_pruner(pruner, max_epochs: int) -> optuna.pruners.BasePruner:
+    """The experiment's pruner (its `kind` and `settings`) on per-epoch validation accuracy;
+    hyperband's resource is the epoch, up to the experiment's `max_epochs`."""
+    cls, defaults = PRUNERS[pruner.kind]
+    settings = {**defaults, **pruner.settings}
+    if pruner.kind == "hyperband":
+        settings.setdefault("max_resource", max_epochs)
+    return cls(**settings)
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, *,
+               pruner: optuna.pruners.BasePruner,
                sampler_seed: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study or continue it, and say whether this call created it (exactly one
     of several workers starting at once does). The sampler's seed moves on with the trial
     count so that a continued study does not propose the first run's points again."""
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                    pruner=make_pruner(pruner))
+                                    pruner=pruner)
+        study.set_metric_names([OBJECTIVE])
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner))
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        if study.metric_names is None:  # made by an older version
+            study.set_metric_names([OBJECTIVE])
         created = False
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials))
     return study, created

@@ -1,27 +1,37 @@
-"""The MLflow side: one parent run per study, one child run per trial, per-epoch curves.
+"""The MLflow side: one experiment and one parent run per study, a child run per trial or
+promotion run with its parameters, datasets and curves.
 
-The parent run id lives in the study's user attributes, so every later `sweep run` on
-the study, and every worker, reopens the same parent instead of making a new one.
+The parent run id lives in the study's user attributes, so every later command on the study,
+and every worker, reopens the same parent instead of making a new one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import mlflow
 import optuna
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from bertclf.config import TrainConfig
+from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
+from bertclf.encoder_map import get_encoder
 from sweep.study import retry_schema_race
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
 PARENT_WAIT_SECONDS = 30
+STATE_TAG = "optuna.trial_state"
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+DATA_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float],
@@ -29,6 +39,60 @@ def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float],
     """Log several metrics at one step in one call."""
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+
+@contextmanager
+def mlflow_stores(tracking_uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to `tracking_uri` in the block."""
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+
+
+def run_params(config: TrainConfig) -> dict:
+    """Every training parameter of a run, with the encoder's handles."""
+    spec = get_encoder(config.encoder, config.encoder_map)
+    return {**asdict(config), "encoder_handle": spec.encoder,
+            "preprocess_handle": spec.preprocess}
+
+
+def dataset_inputs(dataset: Dataset) -> list[DatasetInput]:
+    """The three splits as MLflow dataset inputs (metadata only: the texts stay where they
+    are): named after the source, with a digest of the split's texts and labels, so another
+    split, sample or seed shows another digest."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from bertclf.datasets import imdb_url
+
+    if dataset.source == "imdb":
+        source, name = HTTPDatasetSource(imdb_url()), "imdb"
+    else:
+        source, name = LocalArtifactDatasetSource(dataset.source), Path(dataset.source).name
+    schema = Schema([ColSpec(DataType.string, "text"), ColSpec(DataType.long, "label")])
+    inputs = []
+    for split in SPLIT_NAMES:
+        meta = MetaDataset(source, name=f"{name}:{split}",
+                           digest=fingerprint(getattr(dataset, split))[:16], schema=schema)
+        inputs.append(DatasetInput(meta._to_mlflow_entity(),
+                                   [InputTag("mlflow.data.context", DATA_CONTEXTS[split])]))
+    return inputs
+
+
+@dataclass
+class ChildRun:
+    """A child run being recorded; what ends it: its state, error and extra tags."""
+
+    run_id: str
+    state: str = "COMPLETE"
+    error: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class Tracker:
@@ -41,8 +105,11 @@ class Tracker:
         def open_experiment() -> tuple[MlflowClient, str]:
             client = MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(study.study_name)
-            return client, (experiment.experiment_id if experiment else
-                            client.create_experiment(study.study_name))
+            if experiment:
+                return client, experiment.experiment_id
+            # MLflow versions that read this tag open the experiment on its runs.
+            return client, client.create_experiment(
+                study.study_name, tags={"mlflow.experimentKind": "custom_model_development"})
 
         self.client, self.experiment_id = retry_schema_race(
             open_experiment, f"MLflow tracking at {tracking_uri}", tracking_uri)
@@ -68,29 +135,73 @@ class Tracker:
         self.study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
         return run.info.run_id
 
+    def ui_link(self) -> str:
+        """The study's experiment in the MLflow UI, on its Model-training page (MLflow 3's
+        UI otherwise opens the GenAI workflow, an empty traces page for a sweep)."""
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        base = self.tracking_uri.rstrip("/") if remote else LOCAL_UI
+        link = f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+        if remote:
+            return link
+        return f"{link} (serve it with: mlflow ui --backend-store-uri {self.tracking_uri})"
+
     def open_parent(self, experiment_file: str) -> None:
-        """Mark the parent RUNNING for this sweep session."""
+        """Mark the parent RUNNING for this session of work on the study."""
         self.client.update_run(self.parent_run_id, status="RUNNING")
         self.client.set_tag(self.parent_run_id, "experiment_file", experiment_file)
 
-    def start_trial(self, trial: optuna.Trial, config: TrainConfig, handles: dict) -> str:
-        """A child run named after the trial, holding every parameter of the run."""
-        tags = {"mlflow.parentRunId": self.parent_run_id, "optuna.study": self.study.study_name,
-                "optuna.trial_number": str(trial.number), "optuna.trial_state": "RUNNING"}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
-                                     tags=tags)
-        params = {**asdict(config), **handles, "trial_number": trial.number}
-        self.client.log_batch(run.info.run_id,
+    @contextmanager
+    def child_run(self, name: str, params: dict, tags: dict[str, str],
+                  datasets: list[DatasetInput], state_tag: str | None = None
+                  ) -> Iterator[ChildRun]:
+        """A child run of the parent holding `params` and `datasets`, ended when the block
+        ends: finished, or failed with the error if the block raised (optuna.TrialPruned
+        ends it finished, as PRUNED). `state_tag` names a tag that gets the final state."""
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"mlflow.parentRunId": self.parent_run_id, **tags})
+        record = ChildRun(run.info.run_id)
+        self.client.log_batch(record.run_id,
                               params=[Param(k, str(v)) for k, v in params.items()])
-        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
-        return run.info.run_id
+        self.client.log_inputs(record.run_id, datasets)
+        try:
+            yield record
+        except optuna.TrialPruned:
+            record.state = "PRUNED"
+            raise
+        except BaseException as e:
+            record.state, record.error = "FAIL", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            if state_tag:
+                record.tags[state_tag] = record.state
+            self.end_run(record.run_id, record.state, record.error, record.tags)
 
-    def end_trial(self, run_id: str, state: str, error: str | None = None) -> None:
-        """Record the trial's final Optuna state on its run and close the run."""
-        tags = [RunTag("optuna.trial_state", state)]
+    @contextmanager
+    def trial_run(self, trial: optuna.Trial, config: TrainConfig,
+                  datasets: list[DatasetInput]) -> Iterator[ChildRun]:
+        """The child run of `trial`, named trial-N; its id and any error go to the trial."""
+        tags = {"optuna.study": self.study.study_name, "optuna.trial_number": str(trial.number),
+                STATE_TAG: "RUNNING"}
+        params = {**run_params(config), "trial_number": trial.number}
+        with self.child_run(f"trial-{trial.number}", params, tags, datasets,
+                            state_tag=STATE_TAG) as run:
+            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+            try:
+                yield run
+            except optuna.TrialPruned:
+                raise
+            except BaseException as e:
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+                raise
+
+    def end_run(self, run_id: str, state: str, error: str | None = None,
+                tags: dict[str, str] | None = None) -> None:
+        """Close a child run with its final state (and error, and extra tags)."""
+        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
         if error:
-            tags.append(RunTag("error", error[:5000]))
-        self.client.log_batch(run_id, tags=tags)
+            run_tags.append(RunTag("error", error[:5000]))
+        if run_tags:
+            self.client.log_batch(run_id, tags=run_tags)
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
 
     def log_best(self, step: int) -> None:
@@ -104,6 +215,17 @@ class Tracker:
             values["best_test_accuracy"] = best.user_attrs["test_accuracy"]
         log_metrics(self.client, self.parent_run_id, values, step=step)
         self.client.set_tag(self.parent_run_id, "best_trial", str(best.number))
+
+    def drop_model(self, run_id: str, model_uri: str) -> None:
+        """Delete a logged model's files from the artifact store (the run, its metrics and
+        curves stay) and tag the run so."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        model_id = model_uri.removeprefix("models:/")
+        location = self.client.get_logged_model(model_id).artifact_location
+        get_artifact_repository(location).delete_artifacts()
+        self.client.delete_logged_model(model_id)
+        self.client.set_tag(run_id, "model_dropped", "true")
 
     def close_parent(self, status: str = "FINISHED") -> None:
         """Attach the study plots and end the parent run."""
@@ -134,8 +256,8 @@ class Tracker:
             plt.close(figure)
 
     def reconcile(self) -> int:
-        """End as FAILED every child run left RUNNING whose trial is no longer running
-        (a worker that died); returns how many were fixed."""
+        """End as FAILED every trial's child run left RUNNING whose trial is no longer
+        running (a worker that died); returns how many were fixed."""
         states = {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -143,10 +265,11 @@ class Tracker:
                           "and attributes.status = 'RUNNING'")
         fixed = 0
         for run in runs:
-            number = int(run.data.tags.get("optuna.trial_number", -1))
-            state = states.get(number, "FAIL")
+            if "optuna.trial_number" not in run.data.tags:
+                continue  # a promotion run: `promote` itself ends those
+            state = states.get(int(run.data.tags["optuna.trial_number"]), "FAIL")
             if state != "RUNNING":
-                self.end_trial(run.info.run_id, state,
-                               error=run.data.tags.get("error") or "worker died during the trial")
+                self.end_run(run.info.run_id, state, tags={STATE_TAG: state},
+                             error=run.data.tags.get("error") or "worker died during the trial")
                 fixed += 1
         return fixed
