@@ -1,9 +1,48 @@
-"""Test-wide setup: legacy Keras before TensorFlow loads, and a private cache per test session."""
+"""Test-wide setup: legacy Keras before TensorFlow loads, a private cache per test session,
+and the shared IMDB archive loaded once per session."""
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Built models, extracted archives and token caches go to a throwaway folder, not ~/.cache.
-os.environ.setdefault("BERTCLF_CACHE_DIR", tempfile.mkdtemp(prefix="bertclf-test-cache-"))
+_OWN_CACHE = "BERTCLF_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["BERTCLF_CACHE_DIR"] = tempfile.mkdtemp(prefix="bertclf-test-cache-")
+SESSION_CACHE = os.environ["BERTCLF_CACHE_DIR"]
+
+IMDB_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def imdb_archive() -> Path:
+    """The shared IMDB archive, extracted once into the session cache, where every load of
+    it in this session (command lines that tests run included) finds the extracted copy."""
+    if not IMDB_ARCHIVE.is_file():
+        pytest.skip(f"the IMDB archive is not at {IMDB_ARCHIVE} (../shared is absent)")
+    from bertclf.archives import extract_cached
+
+    extract_cached(IMDB_ARCHIVE, Path(SESSION_CACHE))
+    return IMDB_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def imdb_full(imdb_archive):
+    """The shared IMDB archive loaded in full (a bertclf.datasets.Dataset)."""
+    from bertclf.datasets import load_dataset
+
+    # Set up by whichever test asks first, which may have pointed the cache elsewhere.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BERTCLF_CACHE_DIR", SESSION_CACHE)
+        return load_dataset(imdb_archive)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session cache made above (it holds the extracted IMDB archive)."""
+    if _OWN_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import servers
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +43,9 @@ def write_data(path: Path, per_class: int = 150) -> Path:
 
 
 def write_experiment(folder: Path, name: str = "exp.toml", encoder: str = '["tiny"]',
-                     extra_search: str = "") -> Path:
-    """A small experiment beside data.tsv (the data path is relative to the file)."""
+                     extra_search: str = "", pruner: str = '"median"') -> Path:
+    """A small experiment beside data.tsv (the data path is relative to the file); `pruner` is
+    the TOML value of study.pruner."""
     if not (folder / "data.tsv").exists():
         write_data(folder / "data.tsv")
     path = folder / name
@@ -59,9 +61,10 @@ seq_len = 32
 epochs = 2
 lr = {{ low = 1e-3, high = 5e-3, log = true }}
 batch_size = [16, 32]
+precision = "float32"
 
 [study]
-pruner = "median"
+pruner = {pruner}
 """, encoding="utf-8")
     return path
 
@@ -197,11 +200,4 @@ class Background:
 
     def group_is_gone(self, timeout: float = 20) -> bool:
         """True once no process of its group (the sweep, its trial process) is left."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.3)
-        return False
+        return servers.group_is_gone(self.process, timeout)

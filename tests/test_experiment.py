@@ -11,10 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bertclf.encoders import load_map
+from bertclf.encoder_map import load_map
 from bertclf.errors import UserError
-from sweep.experiment import Range, load_experiment
+from sweep.experiment import Promotion, Pruner, Range, load_experiment, parse_experiment
 from sweep.space import suggest_config
+from sweep.study import make_pruner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +81,10 @@ def test_good_file_is_parsed(folder):
     assert experiment.space["epochs"] == 2
     assert experiment.space["lr"] == Range(1e-3, 5e-3, log=True)
     assert experiment.space["batch_size"] == [16, 32]
-    assert experiment.pruner == "median"
+    assert experiment.pruner == Pruner("median")
     assert experiment.study_name == "small"  # the file's stem by default
     assert experiment.trials >= 1
-    assert experiment.data["max_examples"] == 60
+    assert experiment.data_options["max_examples"] == 60
     config = experiment.base_config(encoder="tiny", lr=1e-3)
     config.validate()
     assert config.max_examples == 60
@@ -94,27 +95,79 @@ def test_study_section_values(folder):
                     'timeout_minutes = 2.5\nsampler_seed = 11')
     experiment = load_experiment(write(folder, "s.toml", text))
     assert (experiment.study_name, experiment.trials, experiment.timeout_minutes,
-            experiment.pruner, experiment.sampler_seed) == ("mine", 7, 2.5, "hyperband", 11)
+            experiment.pruner.kind, experiment.sampler_seed) == ("mine", 7, 2.5, "hyperband", 11)
+
+
+def test_pruner_table_and_hyperband_resource(folder):
+    """A pruner is a kind or a table of settings; hyperband's resource is the epoch, up to
+    the most epochs a trial may run."""
+    text = replaced('pruner = "median"', 'pruner = { kind = "median", n_startup_trials = 1 }')
+    experiment = load_experiment(write(folder, "p.toml", text))
+    assert experiment.pruner == Pruner("median", {"n_startup_trials": 1})
+    assert make_pruner(experiment.pruner, 2)._n_startup_trials == 1
+    ranged = replaced('pruner = "median"', 'pruner = "hyperband"',
+                      replaced("epochs = 2", "epochs = { low = 3, high = 9 }"))
+    experiment = load_experiment(write(folder, "h.toml", ranged))
+    assert experiment.max_epochs == 9
+    hyperband = make_pruner(experiment.pruner, experiment.max_epochs)
+    assert (hyperband._min_resource, hyperband._max_resource) == (1, 9)
+
+
+def test_promote_section(folder):
+    text = GOOD + "\n[promote]\ntop = 2\nseeds = 4\nepochs = 3\nmax_train_examples = 100\n"
+    experiment = load_experiment(write(folder, "pr.toml", text))
+    assert experiment.promotion == Promotion(2, 4, {"epochs": 3, "max_train_examples": 100})
+    assert load_experiment(write(folder, "np.toml", GOOD)).promotion == Promotion(3, 3, {})
+
+
+def test_split_seed_is_fixed_for_every_trial(folder):
+    """The validation split and samples are the study's, not a trial's: [data] split_seed, else
+    a fixed seed (so a trial logged with seed 7 splits as `bertclf train --seed 7` does),
+    else the default 42 when the seed is searched."""
+    fixed = load_experiment(write(folder, "f.toml", with_line("search", "seed = 7")))
+    assert fixed.split_seed == 7 and fixed.base_config().data_seed == 7
+    searched = load_experiment(write(folder, "s.toml", with_line("search", "seed = [1, 2]")))
+    assert searched.split_seed == 42
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = [suggest_config(study.ask(), searched) for _ in range(6)]
+    assert {c.seed for c in configs} == {1, 2}
+    assert {c.data_seed for c in configs} == {42}
+    assert {c.split_seed for c in configs} == {42}, "logged with the trial's parameters"
+    given = load_experiment(write(folder, "g.toml", with_line(
+        "data", "split_seed = 3", with_line("search", "seed = 7"))))
+    config = suggest_config(optuna.create_study().ask(), given)
+    assert (config.seed, config.data_seed) == (7, 3)
+
+
+def test_an_experiment_reparses_from_its_text(folder):
+    """A study keeps its experiment file's text; parsing it again, against the file's path,
+    gives the same experiment even after the file is gone."""
+    path = write(folder, "small.toml", GOOD + "\n[promote]\ntop = 2\n")
+    first = load_experiment(path)
+    path.unlink()
+    again = parse_experiment(first.text, first.path)
+    assert (again.space, again.data_options, again.promotion, again.pruner) == (
+        first.space, first.data_options, first.promotion, first.pruner)
 
 
 def test_relative_data_path_is_resolved_against_the_file(folder):
     experiment = load_experiment(write(folder, "small.toml", GOOD))
-    assert Path(experiment.data["path"]).is_absolute()
-    assert Path(experiment.data["path"]) == (folder / "data.tsv").resolve()
+    assert Path(experiment.data_options["path"]).is_absolute()
+    assert Path(experiment.data_options["path"]) == (folder / "data.tsv").resolve()
     assert Path(experiment.base_config().data) == (folder / "data.tsv").resolve()
 
 
 def test_data_in_a_parent_folder(folder):
     text = replaced('path = "data.tsv"', 'path = "../data.tsv"')
     experiment = load_experiment(write(folder, "sub/deeper.toml", text))
-    assert Path(experiment.data["path"]) == (folder / "data.tsv").resolve()
+    assert Path(experiment.data_options["path"]) == (folder / "data.tsv").resolve()
 
 
 def test_data_override_replaces_the_files_path(folder, tmp_path):
     experiment = load_experiment(write(folder, "small.toml", GOOD), data_override="other.tsv")
     # a command-line path is the user's: relative to the working folder, not to the file
-    assert Path(experiment.data["path"]).resolve() == (tmp_path / "elsewhere" / "other.tsv")
-    assert experiment.data["max_examples"] == 60  # the rest of [data] stays
+    assert Path(experiment.data_options["path"]).resolve() == (tmp_path / "elsewhere" / "other.tsv")
+    assert experiment.data_options["max_examples"] == 60  # the rest of [data] stays
 
 
 def test_data_override_supplies_a_missing_path(folder):
@@ -122,12 +175,12 @@ def test_data_override_supplies_a_missing_path(folder):
     path = write(folder, "nopath.toml", text)
     with pytest.raises(UserError, match="needs a path"):
         load_experiment(path)
-    assert load_experiment(path, data_override="imdb").data["path"] == "imdb"
+    assert load_experiment(path, data_override="imdb").data_options["path"] == "imdb"
 
 
 def test_imdb_is_not_a_path(folder):
     experiment = load_experiment(write(folder, "i.toml", replaced('"data.tsv"', '"imdb"')))
-    assert experiment.data["path"] == "imdb"
+    assert experiment.data_options["path"] == "imdb"
 
 
 def test_encoder_all_is_the_whole_map_without_builtins(folder):
@@ -158,10 +211,6 @@ def test_encoder_from_a_map_file_given_by_absolute_path(folder):
 
 def test_relative_encoder_map_is_resolved_against_the_file(folder):
     """Like the data path, a relative encoder map must not depend on the working folder.
-
-    Library bug if this fails: sweep/experiment.py passes `encoder_map` through as written,
-    so `load_map("map.toml")` (and later the trial's TrainConfig) read it from the
-    working folder instead of the experiment file's folder.
     """
     write(folder, "map.toml", '[encoders.mine]\nencoder = "enc"\npreprocess = "pre"\n')
     text = replaced('encoder = ["tiny"]', 'encoder = ["mine"]\nencoder_map = "map.toml"')
@@ -214,6 +263,18 @@ BAD = {
                         "unknown encoder 'no-such-encoder'"),
     "unknown pruner": (replaced('pruner = "median"', 'pruner = "random"'),
                        "study.pruner must be one of"),
+    "pruner table without kind": (replaced('pruner = "median"', 'pruner = { lower = 0.5 }'),
+                                  "kind"),
+    "unknown pruner setting": (replaced('pruner = "median"',
+                                        'pruner = { kind = "median", patience = 2 }'),
+                               "study.pruner: "),
+    "keep_models 0": (with_line("study", "keep_models = 0"), "keep_models"),
+    "negative split seed": (with_line("data", "split_seed = -1"), "split_seed"),
+    "unknown [promote] key": (GOOD + "[promote]\nlr = 1e-3\n",
+                              "unknown key(s) in [promote]: lr"),
+    "promote top 0": (GOOD + "[promote]\ntop = 0\n", "promote.top"),
+    "promote epochs 0": (GOOD + "[promote]\nepochs = 0\n", "promote.epochs"),
+    "promote fractional epochs": (GOOD + "[promote]\nepochs = 1.5\n", "promote.epochs"),
     "zero trials": (with_line("study", "trials = 0"), "study.trials must be"),
     "no data path": (replaced('path = "data.tsv"\n', ""), "needs a path"),
     "not TOML": ("[data\npath = 1\n", "not valid TOML"),
@@ -305,14 +366,11 @@ def test_suggest_config_samples_within_the_space(space_experiment):
 def test_suggest_config_records_the_data_section(space_experiment):
     study = optuna.create_study()
     config = suggest_config(study.ask(), space_experiment)
-    assert Path(config.data) == Path(space_experiment.data["path"])
+    assert Path(config.data) == Path(space_experiment.data_options["path"])
 
 
 def test_float_field_with_whole_number_ends_is_sampled_as_floats(folder):
     """`weight_decay = { low = 0, high = 1 }` is a float range written with whole numbers.
-
-    Library bug if this fails: sweep/space.py picks suggest_int from the literals' types
-    only, so a float field (weight_decay, dropout, lr, ...) gets only 0 or 1.
     """
     text = with_line("search", "weight_decay = { low = 0, high = 1 }")
     experiment = load_experiment(write(folder, "wd.toml", text))
@@ -368,10 +426,6 @@ def test_cli_zero_trials(folder, tmp_path):
 
 def test_cli_missing_data_writes_nothing(folder, tmp_path):
     """A data path that does not exist is bad input too: one line, exit 2, nothing written.
-
-    Library bug if this fails: sweep/__main__.py `_run` opens the Optuna study and creates
-    the MLflow experiment and parent run (left RUNNING) before `Sweep.__init__` loads the
-    data; MLflow's table-creation log lines also reach stderr.
     """
     bad = write(folder, "missing.toml", replaced('"data.tsv"', '"missing.tsv"'))
     work = tmp_path / "elsewhere"

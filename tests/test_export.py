@@ -13,7 +13,7 @@ import pytest
 
 from bertclf.artifacts import save_run
 from bertclf.config import TrainConfig
-from bertclf.data import Dataset, Split
+from bertclf.datasets import Dataset, Split
 from bertclf.errors import UserError
 from bertclf.export import CARD_NAME, predict, probabilities
 from bertclf.model import text_classifier

@@ -1,20 +1,24 @@
 """Our TF Hub format BERT models load and behave like the real TF Hub ones."""
 
+import importlib.util
 import math
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bertclf import hub_models
-from bertclf.hub_models import BertConfig, build_bert_encoder, build_tiny, save_preprocessor
+from bertclf.bert_encoder import INPUT_NAMES, BertConfig, build_bert_encoder, encoder_weights
+from bertclf.bert_preprocessor import save_preprocessor
+from bertclf.tiny import TINY_VOCAB, build_tiny
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.
 import tensorflow as tf
 import tensorflow_hub as hub
 
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TEXTS = ["This movie was GREAT, really great!", "bad", "an utterly forgettable zzyzx film"]
 
 
@@ -34,19 +38,27 @@ def _encoder_inputs(word_ids, seq_length):
     }
 
 
+def load_tool(name: str):
+    """A script of tools/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_vocab_layout():
-    vocab = hub_models.TINY_VOCAB.read_text(encoding="utf-8").splitlines()
+    vocab = TINY_VOCAB.read_text(encoding="utf-8").splitlines()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert {"a", "##a", "9", "##9", "!", "the", "movie"} <= set(vocab)
     assert len(vocab) == len(set(vocab)) == 4096
-    small = hub_models.make_vocab(["The cat, the dog<br />the CAT's"], 111)
+    small = load_tool("make_tiny_vocab").make_vocab(["The cat, the dog<br />the CAT's"], 111)
     assert small[:109] == vocab[:109] and small[109:] == ["the", "cat"]
 
 
 def test_preprocessor_root_call(tiny):
     out = hub.KerasLayer(str(tiny[1]))(tf.constant(TEXTS))
     assert set(out) == {"input_word_ids", "input_mask", "input_type_ids"}
-    ids, mask, types = (out[k].numpy() for k in hub_models.INPUT_NAMES)
+    ids, mask, types = (out[k].numpy() for k in INPUT_NAMES)
     for tensor in out.values():
         assert tensor.dtype == tf.int32 and tensor.shape == (3, 128)
     assert (ids[:, 0] == 2).all()
@@ -79,7 +91,7 @@ def test_tokenize_and_pack(tiny):
 
 def test_preprocessor_survives_vocab_deletion(tmp_path):
     vocab = tmp_path / "vocab.txt"
-    shutil.copy(hub_models.TINY_VOCAB, vocab)
+    shutil.copy(TINY_VOCAB, vocab)
     save_preprocessor(vocab, tmp_path / "pre", default_seq_length=16)
     vocab.unlink()
     assert any((tmp_path / "pre" / "assets").iterdir())
@@ -133,6 +145,10 @@ def test_build_tiny_is_idempotent(tiny):
     assert build_tiny(dest) == tiny
     assert time.perf_counter() - start < 1.0
     assert [p.name for p in dest.parent.iterdir()] == ["tiny"]  # no temp folders left
+    (dest.parent / "other").mkdir()
+    (dest.parent / "other" / "file").write_text("mine")
+    with pytest.raises(FileExistsError, match="no complete tiny model"):
+        build_tiny(dest.parent / "other")
 
 
 @pytest.mark.parametrize(
@@ -163,7 +179,7 @@ def test_weights_are_seeded_and_distinct():
     a, b = build_bert_encoder(config, seed=1), build_bert_encoder(config, seed=1)
     for wa, wb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
-    weights = hub_models.encoder_weights(a)
+    weights = encoder_weights(a)
     query, key = (
         weights[f"transformer_layer_0/self_attention/{n}/kernel"] for n in ("query", "key")
     )
@@ -183,7 +199,7 @@ def test_matches_numpy_reference_bert():
     """Post-LN BERT with exact GELU, 1/sqrt(d) attention, padding mask and projection."""
     config = BertConfig(30, hidden_size=8, num_heads=2, intermediate_size=16, embedding_size=6)
     model = build_bert_encoder(config, seed=3)
-    w = {k: v.numpy() for k, v in hub_models.encoder_weights(model).items()}
+    w = {k: v.numpy() for k, v in encoder_weights(model).items()}
     ids = np.array([[2, 5, 7, 9, 3, 0, 0]])
     mask, types = (ids != 0).astype(np.int32), np.array([[0, 0, 0, 1, 1, 0, 0]])
     out = model({"input_word_ids": ids, "input_mask": mask, "input_type_ids": types})

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertclf.encoder_map import get_encoder
+from bertclf.model import build_classifier
 from bertclf.optim import ScheduledAdamW, learning_rate_schedule, make_optimizer
 
+pytest_plugins = ["hf_fixtures"]  # the `imported` fixture: random checkpoints, imported
+
 TOTAL_STEPS = 20
+KEPT = ("gamma", "beta", "bias")  # LayerNorm scales and offsets, biases: never decayed
+DECAYED = ("kernel", "embeddings")  # dense kernels and embedding tables
 
 
 def applied_decay_per_step(optimizer, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,17 +43,18 @@ def test_decay_applied_matches_schedule(lr_kind, wd_kind):
                                wd_schedule=wd_kind, total_steps=TOTAL_STEPS)
     shrink, rates = applied_decay_per_step(optimizer, TOTAL_STEPS)
 
+    # The fraction of the weight removed at each step (README, "Weight decay").
     steps = np.arange(TOTAL_STEPS)
     if wd_kind == "constant":
-        expected_wd = np.full(TOTAL_STEPS, wd)
+        expected = np.full(TOTAL_STEPS, wd * lr)
     elif wd_kind == "piecewise":
-        expected_wd = np.select([steps <= 10, steps <= 15], [wd, wd * 0.1], wd * 0.01)
+        expected = wd * lr * np.select([steps <= 10, steps <= 15], [1.0, 0.1], 0.01)
     else:
-        expected_wd = wd * rates / lr
-    np.testing.assert_allclose(shrink, expected_wd * rates, rtol=1e-4, atol=1e-7)
-    if wd_kind == "piecewise":
-        # The decay moves with the step: the notebook's version stayed at its first value.
-        assert len(set(np.round(shrink / np.maximum(rates, 1e-12), 6))) >= 3
+        expected = wd * rates  # follows the learning rate, once
+    np.testing.assert_allclose(shrink, expected, rtol=1e-4, atol=1e-7)
+    if lr_kind == "linear":
+        # The learning rate moves, so "constant" and "lr" really differ.
+        assert len(set(np.round(rates, 6))) > 10
 
 
 def test_warmup_linear_decay_shape():
@@ -65,6 +72,33 @@ def test_no_decay_on_bias_and_layer_norm():
     optimizer.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
     assert kernel.numpy()[0] == pytest.approx(0.95)
     assert bias.numpy()[0] == 1.0
+
+
+@pytest.mark.parametrize("encoder", ["tiny", "imported BERT"])
+def test_real_encoders_decay_only_kernels_and_embeddings(encoder, imported):
+    """The exclusion matches the variable names real encoders have: one step with zero
+    gradients keeps every LayerNorm gamma/beta and bias as it was and shrinks every kernel
+    and embedding table by 1 - weight_decay * lr."""
+    lr, weight_decay = 0.1, 2.0
+    handle = "tiny" if encoder == "tiny" else str(imported("bert")[1])
+    variables = build_classifier(get_encoder(handle), num_classes=2).trainable_variables
+    assert len(variables) == 5 + 2 * 16 + 2 + 2  # embeddings, 2 layers, pooler, classifier
+    rng = np.random.default_rng(0)
+    for variable in variables:  # no zeros (biases start at 0, where decay changes nothing)
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
+    before = [variable.numpy() for variable in variables]
+    optimizer = make_optimizer(lr=lr, lr_schedule="constant", warmup_fraction=0.0,
+                               weight_decay=weight_decay, wd_schedule="constant", total_steps=5)
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+
+    kind = {v.name: v.name.removesuffix(":0").rsplit("/", 1)[-1] for v in variables}
+    assert set(kind.values()) <= {*KEPT, *DECAYED}, f"unclassified variables: {kind}"
+    wrong = [v.name for v, old in zip(variables, before, strict=True)
+             if not (np.array_equal(v.numpy(), old) if kind[v.name] in KEPT else
+                     np.allclose(v.numpy(), old * (1 - weight_decay * lr), rtol=1e-6, atol=0))]
+    assert not wrong, (
+        f"decayed wrongly: {wrong}\nto keep: {[n for n in kind if kind[n] in KEPT]}\n"
+        f"to decay: {[n for n in kind if kind[n] in DECAYED]}")
 
 
 def test_optimizer_survives_model_save(tmp_path):

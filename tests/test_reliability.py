@@ -1,13 +1,16 @@
-"""Issue 7: parallel workers on one study (SQLite, and PostgreSQL where CI provides it), and
-trials that die of resource faults (the OOM killer, NaN loss, a full disk) while the sweep
-goes on. Crashes of the sweep itself (SIGKILL, Ctrl-C) are in test_sweep.py."""
+"""Parallel workers on one study (SQLite, and PostgreSQL where CI provides it), and trials
+that die of resource faults: the OOM killer (the sweep goes on), NaN loss and a full disk
+(the trial process reports why). Crashes of the sweep itself (SIGKILL, Ctrl-C) are in
+test_sweep.py."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -20,8 +23,13 @@ from sweep_helpers import (
     mlflow_runs,
     sweep_cli,
     sweep_env,
+    write_data,
     write_experiment,
 )
+
+from bertclf.config import TrainConfig
+from sweep.processes import ChildFailed, ChildProcess
+from sweep.trial import PRELOAD, TrialJob, run_job
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 POSTGRES_MLFLOW_URL = os.environ.get("SWEEP_TEST_POSTGRES_MLFLOW_URL")
@@ -124,46 +132,51 @@ def test_trial_killed_like_the_oom_killer_fails_and_the_sweep_goes_on(tmp_path):
     assert runs["trial-1"].info.status == "FINISHED"
 
 
+def trial_job(folder: Path, **overrides) -> TrialJob:
+    """A one-epoch tiny trial's job on a small TSV, with its MLflow run in a SQLite store."""
+    data = write_data(folder / "data.tsv")
+    config = TrainConfig(data=str(data), encoder="tiny", seq_len=32, batch_size=16, epochs=1,
+                         max_examples=60, precision="float32", **overrides)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment(
+        "faults", artifact_location=(folder / "mlruns").as_uri()))
+    return TrialJob(config=asdict(config), dataset=config.load_data(), run_id=run.info.run_id,
+                    tracking_uri=uri)
+
+
 def test_nan_loss_fails_the_trial_with_the_reason(tmp_path):
-    write_experiment(tmp_path, extra_search="lr_schedule = \"constant\"")
-    text = (tmp_path / "exp.toml").read_text()
-    (tmp_path / "exp.toml").write_text(text.replace("lr = { low = 1e-3, high = 5e-3, log = true }",
-                                                    "lr = 1e9"))
-    result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
-                       "--study", "nan")
-    assert result.returncode == 0, explain(result)
-    (trial,) = load_study(tmp_path, "nan").trials
-    assert trial.state.name == "FAIL"
-    assert "NaN" in trial.user_attrs["error"], trial.user_attrs
-    assert "NaN" in mlflow_runs(tmp_path, "nan").by_name()["trial-0"].data.tags["error"]
+    """A trial process whose loss turns NaN reports why (the sweep records any trial
+    failure in both stores: test_sweep.py's failing trial)."""
+    job = trial_job(tmp_path, lr=1e9, lr_schedule="constant")
+    with pytest.raises(ChildFailed, match="TrainingError: training loss became NaN"):
+        ChildProcess(PRELOAD).call(run_job, job)
 
 
 FILE_SIZE_LIMIT = """
-import resource, signal, sys, runpy
-limit = int(sys.argv.pop(1))
+import pickle, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-sys.argv[0] = "sweep"
-runpy.run_module("sweep", run_name="__main__")
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2)
+from sweep.trial import run_job
+run_job(pickle.loads(open(sys.argv[1], "rb").read()))
 """
 
 
-def test_full_disk_while_saving_fails_the_trial_and_the_sweep_goes_on(tmp_path):
-    """Files may not grow past 2 MB: the stores stay below it, the exported model's 4 MB of
-    weights do not, so the trial fails saving it, as on a full disk."""
-    from bertclf.encoders import resolve_handle
+def test_full_disk_while_saving_fails_the_trial_and_keeps_the_store(tmp_path):
+    """Files may not grow past 2 MB: the store stays below it, the exported model's 4 MB of
+    weights do not, so the trial fails saving its model, as on a full disk; its run and
+    the curves it logged before stay readable."""
+    from bertclf.encoder_map import resolve_handle
 
     resolve_handle("builtin:tiny/encoder")  # built before the limit applies
-    write_experiment(tmp_path)
+    job = trial_job(tmp_path)
+    (tmp_path / "job.pickle").write_bytes(pickle.dumps(job))
     result = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_LIMIT, str(2 * 1024 * 1024), "run", "--trials", "2",
-         "--experiment", "exp.toml", "--study", "full"],
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(tmp_path / "job.pickle"),
+         str(2 * 1024 * 1024)],
         cwd=tmp_path, env=sweep_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, explain(result)
-    trials = load_study(tmp_path, "full").trials
-    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
-    assert all("File too large" in t.user_attrs["error"] for t in trials), [
-        t.user_attrs["error"] for t in trials]
-    runs = mlflow_runs(tmp_path, "full")
-    assert runs.running() == []
-    assert {r.info.status for r in runs.children} == {"FAILED"}
+    assert result.returncode != 0
+    assert "File too large" in result.stderr, result.stderr[-3000:]
+    client = MlflowClient(job.tracking_uri)
+    assert [m.step for m in client.get_metric_history(job.run_id, "val_accuracy")] == [1]
+    assert "test_accuracy" in client.get_run(job.run_id).data.metrics

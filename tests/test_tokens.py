@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bertclf.cache import cache_dir
-from bertclf.data import Split
-from bertclf.encoders import get_encoder
+from bertclf.datasets import Split
+from bertclf.encoder_map import get_encoder
 from bertclf.model import build_classifier, loss_and_metric
 from bertclf.tokens import (
     BUCKET_BOUNDARIES,

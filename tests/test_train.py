@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from bertclf import accel
 from bertclf.config import TrainConfig
-from bertclf.data import Dataset, Split
-from bertclf.encoders import get_encoder
+from bertclf.datasets import Dataset, Split
+from bertclf.encoder_map import get_encoder
 from bertclf.errors import TrainingError, UserError
 from bertclf.tokens import make_dataset, token_ids
 from bertclf.train import train
@@ -45,8 +45,10 @@ def make_split(rng: random.Random, classes: list[list[str]], per_class: int,
 
 
 def config(**overrides) -> TrainConfig:
+    """A small run; float32, so that the numbers hold on any CPU (the "auto" default trains
+    in bfloat16 where the CPU has it)."""
     values = dict(data="in-memory", encoder="tiny", seq_len=32, batch_size=16, epochs=4,
-                  lr=3e-3, patience=1, seed=7)
+                  lr=3e-3, patience=1, seed=7, precision="float32")
     return TrainConfig(**{**values, **overrides})
 
 
@@ -54,8 +56,8 @@ def val_loss_of(result, validation: Split) -> float:
     """The returned model's loss on the validation split, evaluated afresh."""
     spec = get_encoder(result.config.encoder)
     tokens = token_ids(spec, validation, result.config.seq_len)
-    batch = result.config.eval_batch_size or 4 * result.config.batch_size
-    loss, _ = result.model.evaluate(make_dataset(tokens, batch, result.config.seq_len,
+    loss, _ = result.model.evaluate(make_dataset(tokens, result.config.eval_batch,
+                                                 result.config.seq_len,
                                                  bucket=result.config.bucket), verbose=0)
     return loss
 
@@ -87,9 +89,9 @@ def test_learns_separable_data(learned):
     assert learned.test_accuracy >= 0.8, (learned.test_accuracy, history)
     assert learned.val_loss < 0.5 and learned.test_loss < 0.6
     # Splits: 200 reviews, 20% carved out for test, then 20% of the rest for validation.
-    assert learned.data["test_examples"] == 40
-    assert learned.data["validation_examples"] == 32
-    assert learned.data["train_examples"] == 128
+    assert learned.data_summary["test_examples"] == 40
+    assert learned.data_summary["validation_examples"] == 32
+    assert learned.data_summary["train_examples"] == 128
     assert learned.best_epoch == int(np.argmin(history["val_loss"])) + 1
     assert learned.model.output_shape == (None, 1), "one logit for two classes"
 
@@ -108,29 +110,47 @@ def test_mixed_bfloat16_trains_the_rewritten_graph_and_learns(learned, review_fo
 
 
 def test_metrics_are_plain_json(learned):
+    """metrics.json's summary agrees with its own per-epoch history: the kept epoch is the
+    one of lowest validation loss, and its validation figures are that epoch's."""
     import json
 
     metrics = json.loads(json.dumps(learned.metrics()))
-    assert metrics["best_epoch"] == learned.best_epoch
-    assert metrics["epochs_run"] == len(learned.history["loss"])
-    assert metrics["history"] == learned.history
+    history = metrics["history"]
+    assert metrics["epochs_run"] == len(history["loss"]) == len(history["val_loss"])
+    best = int(np.argmin(history["val_loss"])) + 1
+    assert metrics["best_epoch"] == best
+    assert metrics["val_loss"] == history["val_loss"][best - 1]
+    assert metrics["val_accuracy"] == history["val_accuracy"][best - 1]
     assert metrics["params"]["lr"] == 3e-3 and metrics["params"]["seed"] == 7
     assert metrics["class_names"] == ["neg", "pos"]
-    gpu = accel.has_gpu()  # the defaults: mixed precision and XLA only with a GPU
-    assert metrics["hardware"] == {"gpu": gpu, "precision": "mixed_float16" if gpu else "float32",
-                                   "xla": gpu}
+    assert metrics["data"]["split_seed"] == 7, "the split follows the seed unless split_seed"
+    gpu = accel.has_gpu()  # XLA only with a GPU by default
+    assert metrics["hardware"] == {"gpu": gpu, "precision": "float32", "xla": gpu}
 
 
-@pytest.fixture(scope="module")
-def stopped_early():
+def test_auto_precision_is_recorded_as_what_ran(review_folder):
+    """precision "auto" (the default) trains in what the hardware offers, and says which."""
+    result = train(config(data=str(review_folder), precision="auto", epochs=1), verbose=0)
+    assert result.config.precision == "auto"
+    assert result.hardware["precision"] == accel.resolve_precision(result.config)
+    assert result.hardware["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def flipped(seed: int) -> Dataset:
     """Train and validation disagree (validation labels flipped): once the model learns the
-    training rule, validation loss only rises, so patience 0 must stop and roll back."""
-    rng = random.Random(1)
-    dataset = Dataset(
+    training rule, validation loss only rises, so an early epoch is the best one."""
+    rng = random.Random(seed)
+    return Dataset(
         train=make_split(rng, [NEGATIVE, POSITIVE], 80),
         validation=make_split(rng, [NEGATIVE, POSITIVE], 20, labels=[1, 0]),
         test=make_split(rng, [NEGATIVE, POSITIVE], 20),
         class_names=["neg", "pos"], source="in-memory")
+
+
+@pytest.fixture(scope="module")
+def stopped_early():
+    """Patience 0 on flipped validation labels must stop early and roll back."""
+    dataset = flipped(1)
     return train(config(patience=0, epochs=4), dataset=dataset, verbose=0), dataset.validation
 
 
@@ -148,14 +168,18 @@ def test_early_stopping_keeps_the_best_epoch(stopped_early):
     assert abs(val_loss_of(stopped_early, validation) - val_loss[-1]) > 1e-3
 
 
-def test_best_weights_are_kept_when_the_budget_ends(learned, review_folder):
-    """Whether or not training stopped early, the model holds the best epoch's weights."""
-    from bertclf.data import load_dataset
-
-    dataset = load_dataset(str(review_folder), seed=learned.config.seed)
-    val_loss = learned.history["val_loss"]
-    best = val_loss[learned.best_epoch - 1]
-    assert val_loss_of(learned, dataset.validation) == pytest.approx(best, abs=1e-4)
+def test_best_weights_are_kept_when_the_budget_ends():
+    """Training that runs to the end of its epochs (patience never runs out) still returns
+    the best epoch's weights, not the last epoch's: on data whose validation labels are
+    flipped, the best epoch is an early one."""
+    dataset = flipped(3)
+    result = train(config(patience=3, epochs=3), dataset=dataset, verbose=0)
+    val_loss = result.history["val_loss"]
+    assert len(val_loss) == 3, "the budget ended the run"
+    assert result.best_epoch < 3, val_loss
+    assert val_loss_of(result, dataset.validation) == pytest.approx(
+        val_loss[result.best_epoch - 1], abs=1e-4)
+    assert abs(val_loss_of(result, dataset.validation) - val_loss[-1]) > 1e-3
 
 
 def test_three_classes(tmp_path):
@@ -203,7 +227,7 @@ def test_same_seed_same_history(tmp_path, monkeypatch, built_by):
     first trial of a sweep, the first `bertclf train`)."""
     monkeypatch.setenv("BERTCLF_CACHE_DIR", str(tmp_path / "cache"))
     if built_by == "another process":
-        code = ("from bertclf.encoders import get_encoder, load_encoder_layer\n"
+        code = ("from bertclf.encoder_map import get_encoder, load_encoder_layer\n"
                 "load_encoder_layer(get_encoder('tiny'))")
         subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(),
                        capture_output=True, timeout=300)
@@ -235,6 +259,8 @@ def test_absurd_learning_rate_raises_training_error():
     (dict(dropout=1.0), "dropout"),
     (dict(val_fraction=0.0), "val_fraction"),
     (dict(precision="float16"), "precision"),
+    (dict(truncation="middle"), "truncation"),
+    (dict(truncation="head+tail", head_tokens=31), "head_tokens"),
 ])
 def test_validate_rejects_bad_values(changes, fragment):
     bad = config(**changes)
