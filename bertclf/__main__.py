@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from bertclf.cli import ArgumentParser, parse_bool, run_command
+from bertclf.cli import command_parser, parse_bool, run_command
 from bertclf.errors import UserError
 
 
@@ -154,8 +154,7 @@ def add_import_command(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m bertclf", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    parser, commands = command_parser("python -m bertclf", __doc__)
 
     train = commands.add_parser("train", help="fine-tune one classifier")
     add_train_options(train)

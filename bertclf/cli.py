@@ -41,3 +41,10 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def command_parser(prog: str, description: str | None):
+    """A command line with sub-commands: (the parser, the group to add commands to)."""
+    parser = ArgumentParser(prog=prog, description=description)
+    return parser, parser.add_subparsers(dest="command", required=True,
+                                         parser_class=ArgumentParser)

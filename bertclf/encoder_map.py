@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertclf.cache import cache_dir
-from bertclf.errors import EncoderError
+from bertclf.errors import EncoderError, parse_file
 
 BUILTIN_MAP = Path(__file__).with_name("encoders.toml")
 OFFLINE_HINT = (
@@ -45,12 +45,8 @@ def _is_remote(handle: str) -> bool:
 
 
 def _read_map_file(path: Path) -> dict[str, EncoderSpec]:
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EncoderError(f"encoder map {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EncoderError(f"encoder map {path}: not valid TOML ({e})") from None
+    table = parse_file(path, tomllib.loads, "TOML",
+                       lambda reason: EncoderError(f"encoder map {path}: {reason}"))
     entries = table.get("encoders")
     if not isinstance(entries, dict):
         raise EncoderError(f"encoder map {path}: expected [encoders.NAME] tables")

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bertclf.cli import ArgumentParser, run_command
+from bertclf.cli import command_parser, run_command
 from bertclf.errors import UserError
 from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
 from sweep.tracking import DEFAULT_TRACKING_URI
@@ -211,8 +211,7 @@ def _study_command(commands, name: str, run, help: str) -> argparse.ArgumentPars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m sweep", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    parser, commands = command_parser("python -m sweep", __doc__)
 
     run = commands.add_parser("run", help="run (or continue) a study")
     run.add_argument("--trials", type=int, help="how many more trials (default: the "

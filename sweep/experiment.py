@@ -10,7 +10,7 @@ from typing import Any
 
 from bertclf.config import TrainConfig, field_types
 from bertclf.encoder_map import OFFLINE_HINT, get_encoder, load_map, unreachable
-from bertclf.errors import UserError
+from bertclf.errors import UserError, parse_file
 
 DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
              "max_test_examples", "text_column", "label_column", "val_fraction", "split_seed"}
@@ -178,12 +178,7 @@ def _parse_promotion(path: Path, table: Any) -> Promotion:
 def load_experiment(path: str | Path, data_override: str | None = None) -> Experiment:
     """Read and check an experiment file; `data_override` replaces its data path."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _fail(path, "no such file") from None
-    except UnicodeDecodeError as e:
-        raise _fail(path, f"not valid TOML ({e})") from None
+    text = parse_file(path, str, "TOML", lambda reason: _fail(path, reason))
     return parse_experiment(text, path.resolve(), data_override)
 
 

@@ -146,6 +146,19 @@ def _truncated_archive(cwd: Path) -> str:
     return "cut.tar.gz"
 
 
+BAD_FLAGS = {
+    "unknown encoder": ["--encoder", "no-such-encoder"],
+    "--epochs zero": ["--epochs", "zero"],
+    "--epochs 0": ["--epochs", "0"],
+    "--epochs abc": ["--epochs", "abc"],
+    "--lr -1": ["--lr", "-1"],
+    "--precision fp8": ["--precision", "fp8"],
+    "--batch-size 0": ["--batch-size", "0"],
+    "unknown flag": ["--learning-rate", "1e-3"],
+    "--truncation middle": ["--truncation", "middle"],
+}
+
+
 def _setup(case: str, cwd: Path) -> list[str]:
     """Prepare cwd for one bad invocation; return its arguments."""
     write_tsv(cwd / "ok.tsv", per_class=10)
@@ -167,22 +180,8 @@ def _setup(case: str, cwd: Path) -> list[str]:
     if case == "TSV missing columns":
         write_tsv(cwd / "columns.tsv", per_class=10, header="sentence\tsentiment")
         return [*train, "--data", "columns.tsv"]
-    if case == "unknown encoder":
-        return ["train", "--data", "ok.tsv", "--encoder", "no-such-encoder", "--out", "out"]
-    if case == "--epochs zero":
-        return ["train", "--data", "ok.tsv", "--epochs", "zero", "--out", "out"]
-    if case == "--epochs 0":
-        return ["train", "--data", "ok.tsv", "--epochs", "0", "--out", "out"]
-    if case == "--epochs abc":
-        return ["train", "--data", "ok.tsv", "--epochs", "abc", "--out", "out"]
-    if case == "--lr -1":
-        return ["train", "--data", "ok.tsv", "--lr", "-1", "--out", "out"]
-    if case == "--precision fp8":
-        return ["train", "--data", "ok.tsv", "--precision", "fp8", "--out", "out"]
-    if case == "--batch-size 0":
-        return ["train", "--data", "ok.tsv", "--batch-size", "0", "--out", "out"]
-    if case == "unknown flag":
-        return ["train", "--data", "ok.tsv", "--learning-rate", "1e-3", "--out", "out"]
+    if case in BAD_FLAGS:  # a good data file with one bad flag
+        return ["train", "--data", "ok.tsv", *BAD_FLAGS[case], "--out", "out"]
     if case == "missing --data":
         return ["train", "--out", "out"]
     if case == "out folder not empty":
@@ -228,6 +227,7 @@ ERRORS = {
     "--lr -1": "lr",
     "--batch-size 0": "batch",
     "--precision fp8": "precision",
+    "--truncation middle": "truncation",
     "unknown flag": "--learning-rate",
     "missing --data": "--data",
     "out folder not empty": "not empty",

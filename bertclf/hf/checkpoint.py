@@ -14,7 +14,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors c
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from bertclf.errors import EncoderError
+from bertclf.errors import EncoderError, parse_file
 
 SUPPORTED_TYPES = ("bert", "electra", "albert")
 WEIGHT_FILES = (
@@ -45,12 +45,7 @@ class Checkpoint:
 
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``, or EncoderError saying what is wrong with the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EncoderError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EncoderError(f"{path}: not valid JSON ({e})") from None
+    data = parse_file(path, json.loads, "JSON", lambda reason: EncoderError(f"{path}: {reason}"))
     if not isinstance(data, dict):
         raise EncoderError(f"{path}: expected a JSON object")
     return data
