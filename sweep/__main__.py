@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{name}: {why}" for name, why in dropped.items()))
     code = _until_done(study, tracker, lambda: sweep.run(trials, timeout, workers=args.workers))
     if code == 0:
-        _print_best(study, tracker)
+        _print_best(study, tracker.ui_link())
     return code
 
 
@@ -102,7 +102,7 @@ def _until_done(study, tracker, work) -> int:
     return 0
 
 
-def _print_best(study, tracker=None) -> None:
+def _print_best(study, ui_link: str | None = None) -> None:
     from sweep.export import chosen_model
 
     try:
@@ -126,8 +126,8 @@ def _print_best(study, tracker=None) -> None:
               f"{p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, test_accuracy "
               f"{p['test_accuracy_mean']:.4f} ± {p['test_accuracy_std']:.4f}; exported model: "
               f"seed {p['best_seed']} (run {p['run_id']})")
-    if tracker is not None:
-        print(f"sweep: MLflow UI: {tracker.ui_link()}")
+    if ui_link:
+        print(f"sweep: MLflow UI: {ui_link}")
 
 
 def _load(args: argparse.Namespace):
@@ -138,13 +138,10 @@ def _load(args: argparse.Namespace):
 
 
 def _best(args: argparse.Namespace) -> int:
-    from sweep.tracking import Tracker
+    from sweep.tracking import study_ui_link
 
     study = _load(args)
-    tracker = None
-    if study.user_attrs.get("mlflow_parent_run_id"):
-        tracker = Tracker(args.tracking_uri, study, created=False)
-    _print_best(study, tracker)
+    _print_best(study, study_ui_link(args.tracking_uri, study.study_name))
     if args.export is not None:
         from sweep.export import export_chosen
 

@@ -85,6 +85,26 @@ def dataset_inputs(dataset: Dataset) -> list[DatasetInput]:
     return inputs
 
 
+def ui_link(tracking_uri: str, experiment_id: str) -> str:
+    """An experiment in the MLflow UI, on its Model-training page (MLflow 3's UI otherwise
+    opens the GenAI workflow, an empty traces page for a sweep)."""
+    remote = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri.rstrip("/") if remote else LOCAL_UI
+    link = f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    if remote:
+        return link
+    return f"{link} (serve it with: mlflow ui --backend-store-uri {tracking_uri})"
+
+
+def study_ui_link(tracking_uri: str, study_name: str) -> str | None:
+    """The link to a study's experiment, if the tracking store holds one (creating nothing)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(
+            tracking_uri.removeprefix("sqlite:///")).is_file():
+        return None
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
+    return ui_link(tracking_uri, experiment.experiment_id) if experiment else None
+
+
 @dataclass
 class ChildRun:
     """A child run being recorded; what ends it: its state, error and extra tags."""
@@ -136,14 +156,8 @@ class Tracker:
         return run.info.run_id
 
     def ui_link(self) -> str:
-        """The study's experiment in the MLflow UI, on its Model-training page (MLflow 3's
-        UI otherwise opens the GenAI workflow, an empty traces page for a sweep)."""
-        remote = self.tracking_uri.startswith(("http://", "https://"))
-        base = self.tracking_uri.rstrip("/") if remote else LOCAL_UI
-        link = f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
-        if remote:
-            return link
-        return f"{link} (serve it with: mlflow ui --backend-store-uri {self.tracking_uri})"
+        """The study's experiment in the MLflow UI (see `ui_link`)."""
+        return ui_link(self.tracking_uri, self.experiment_id)
 
     def open_parent(self, experiment_file: str) -> None:
         """Mark the parent RUNNING for this session of work on the study."""

@@ -86,7 +86,6 @@ def test_metrics_json(run):
     assert metrics["val_loss"] == history["val_loss"][result.best_epoch - 1]
     assert metrics["test_loss"] == pytest.approx(result.test_loss)
     assert metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
-    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
     assert metrics["params"] == json.loads(json.dumps(asdict(result.config)))
     assert metrics["params"]["lr"] == 3e-3 and metrics["params"]["seed"] == 3
     assert metrics["params"]["seq_len"] == SEQ_LEN
@@ -188,7 +187,6 @@ def test_predict_returns_class_names_and_probabilities(run, reloaded):
     for (name, probability), logit in zip(predictions, logits[:, 0], strict=True):
         assert isinstance(name, str) and isinstance(probability, float)
         assert name in ("neg", "pos")
-        assert 0.5 <= probability <= 1.0
         assert name == ("pos" if logit > 0 else "neg")
         assert probability == pytest.approx(1 / (1 + np.exp(-abs(logit))), abs=1e-6)
     assert predictions[0][0] == "pos" and predictions[1][0] == "neg"

@@ -99,5 +99,5 @@ def test_readme_setup_survives_current_setuptools(tmp_path):
     assert done.returncode == 0, explain(done)
     assert "pkg_resources" not in done.stderr  # setuptools >= 80.9 warns on every import
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["class_names"] == ["neg", "pos"] and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["class_names"] == ["neg", "pos"] and metrics["epochs_run"] == 1
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()

@@ -320,6 +320,9 @@ def test_best_exports_a_savedmodel_and_model_card(swept, exported):
     best = study.best_trial
     assert f"best trial: {best.number}" in result.stdout
     assert best.user_attrs["mlflow_run_id"] in result.stdout
+    experiment_id = mlflow_runs(swept.folder).experiment_id
+    assert (f"sweep: MLflow UI: http://127.0.0.1:5000/#/experiments/{experiment_id}"
+            "?workflowType=machine_learning") in result.stdout
     assert (out / "saved_model.pb").is_file()
     card = json.loads((out / "model_card.json").read_text())
     assert card["mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
