@@ -113,16 +113,22 @@ class Promotion:
         if todo:
             dataset = load_experiment_data(self.experiment, **{
                 k: v for k, v in self.fidelity.items() if k.startswith("max_")})
+            inputs = dataset_inputs(dataset)
             pool = None if self.in_process else WarmProcessPool(len(todo), PRELOAD)
             try:
                 for candidate, seed in todo:
-                    self._train(candidate, seed, dataset, pool)
+                    try:
+                        self._train(candidate, seed, dataset, inputs, pool)
+                    except Exception as e:  # recorded on its run; the others go on
+                        print(f"promote: trial {candidate.trial.number} seed {seed} FAIL: "
+                              f"{str(e).splitlines()[0][:200]} (run `sweep promote` again "
+                              "to retry it)", flush=True)
             finally:
                 if pool:
                     pool.close()
         return self._choose()
 
-    def _train(self, candidate: Candidate, seed: int, dataset, pool) -> None:
+    def _train(self, candidate: Candidate, seed: int, dataset, inputs, pool) -> None:
         config = replace(candidate.config, seed=seed)
         number = candidate.trial.number
         tags = {STAGE: "promotion", PROMOTES: str(number), SEED: str(seed),
@@ -130,7 +136,7 @@ class Promotion:
         print(f"promote: trial {number} seed {seed} started", flush=True)
         with self.tracker.child_run(f"promote-trial-{number}-seed-{seed}",
                                     {**run_params(config), "promotes_trial": number}, tags,
-                                    dataset_inputs(dataset)) as run:
+                                    inputs) as run:
             job = TrialJob(config=asdict(config), dataset=dataset, run_id=run.run_id,
                            tracking_uri=self.tracker.tracking_uri)
             outcome = run_job(job) if pool is None else pool.call(run_job, job)

@@ -49,11 +49,15 @@ def make_split(rng: random.Random, per_class: int) -> Split:
     return Split([t for t, _ in pairs], np.array([y for _, y in pairs], dtype=np.int32))
 
 
+def separable_dataset() -> Dataset:
+    rng = random.Random(0)
+    return Dataset(make_split(rng, 60), make_split(rng, 15), make_split(rng, 15),
+                   ["neg", "pos"], "in-memory")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    rng = random.Random(0)
-    dataset = Dataset(make_split(rng, 60), make_split(rng, 15), make_split(rng, 15),
-                      ["neg", "pos"], "in-memory")
+    dataset = separable_dataset()
     config = TrainConfig(data="in-memory", encoder="tiny", seq_len=SEQ_LEN, batch_size=16,
                          epochs=4, patience=4, lr=3e-3, seed=3)
     result = train(config, dataset=dataset, verbose=0)
@@ -217,3 +221,19 @@ def test_save_run_refuses_a_non_empty_folder(run, tmp_path):
         save_run(result, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
+
+
+def test_evaluate_scores_the_export_as_training_scored_the_model(run):
+    """`bertclf evaluate`'s scoring of the exported model (its own preprocessing, bucketed
+    batches) gives the test figures training reported for the in-memory model."""
+    from bertclf.evaluate import evaluate_export
+
+    result, out, _ = run
+    test = separable_dataset().test
+    scores = evaluate_export(out / "saved_model", test, ["neg", "pos"])
+    assert scores["examples"] == len(test) == 30
+    assert scores["accuracy"] == result.test_accuracy
+    assert scores["loss"] == pytest.approx(result.test_loss, abs=2e-3)
+    assert scores["precision"] == result.hardware["precision"]
+    flipped = evaluate_export(out / "saved_model", test, ["pos", "neg"])  # names, not indices
+    assert flipped["accuracy"] == pytest.approx(1 - result.test_accuracy)
