@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import itertools
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -95,6 +96,13 @@ def make_pruner(pruner, max_epochs: int) -> optuna.pruners.BasePruner:
     return cls(**settings)
 
 
+def name_objective(study: optuna.Study) -> None:
+    """Name the objective (optuna-dashboard shows it); Optuna marks the call experimental."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([OBJECTIVE])
+
+
 def open_study(name: str, storage: optuna.storages.BaseStorage, *,
                pruner: optuna.pruners.BasePruner,
                sampler_seed: int = 0) -> tuple[optuna.Study, bool]:
@@ -104,12 +112,12 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, *,
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                     pruner=pruner)
-        study.set_metric_names([OBJECTIVE])
+        name_objective(study)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
         if study.metric_names is None:  # made by an older version
-            study.set_metric_names([OBJECTIVE])
+            name_objective(study)
         created = False
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials))
     return study, created
