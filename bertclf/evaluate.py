@@ -3,6 +3,8 @@ serving's ids are what is scored), in length-bucketed batches under the run's pr
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +32,11 @@ def exported_token_ids(model, split: Split) -> TokenIds:
 
 
 def evaluate_export(path: str | Path, split: Split, class_names: list[str],
-                    precision: str = "auto", batch_size: int = 128) -> dict:
+                    precision: str = "auto", batch_size: int = 128,
+                    progress_every: float = 60.0) -> dict:
     """Accuracy and loss of the exported model at `path` on `split`, whose labels index
-    `class_names` (matched to the model's classes by name)."""
+    `class_names` (matched to the model's classes by name). A progress line goes to stderr
+    every `progress_every` seconds."""
     model = load_model(path)
     if not hasattr(model, "logits"):
         raise UserError(f"{path}: exported by an older version (no `logits` function); "
@@ -47,10 +51,16 @@ def evaluate_export(path: str | Path, split: Split, class_names: list[str],
     seq_len = int(model.seq_len.numpy())
     settings = TrainConfig(data=str(path), precision=precision)
     logits, truth = [], []
+    started = last = time.perf_counter()
     with accel.precision_rewrites(settings):
         for inputs, batch_labels in make_dataset(tokens, batch_size, seq_len, bucket=True):
             logits.append(model.logits(inputs).numpy())
             truth.append(batch_labels.numpy())
+            if (now := time.perf_counter()) - last >= progress_every:
+                last, done = now, sum(map(len, truth))
+                left = (now - started) / done * (len(split) - done)
+                print(f"evaluate: {done:,}/{len(split):,} examples ({done / (now - started):.1f}"
+                      f"/s, about {left / 60:.0f} min left)", file=sys.stderr, flush=True)
     probs = probabilities(np.concatenate(logits))
     truth = np.concatenate(truth)
     picked = probs[np.arange(len(truth)), truth]

@@ -46,6 +46,14 @@ def main(out: Path) -> None:
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     chosen = client.get_run(promotion["run_id"])
     params = chosen.data.params
+    # Stage 2's time is its finished runs' own: a promote that was killed and continued
+    # (as `sweep promote` allows) would otherwise count the gap and the lost run.
+    promotion_runs = [r for r in client.search_runs([chosen.info.experiment_id],
+                                                    "tags.`sweep.stage` = 'promotion'")
+                      if r.info.status == "FINISHED"]
+    stage2_seconds = sum(r.info.end_time - r.info.start_time for r in promotion_runs) / 1000
+    stage1_seconds = stamps["stage1"] - stamps["start"]
+    scoring_seconds = stamps["evaluate"] - stamps["stage2"]
     search, full = data_sizes(out / "stage1.log"), data_sizes(out / "stage2.log")
     stage1 = (f"1. search: {len(states)} trials, {search['train']:,} training reviews, "
               f"length {best.user_attrs.get('fixed.seq_len', '?')}, up to "
@@ -57,17 +65,17 @@ def main(out: Path) -> None:
         ("stage", "runs", "wall time", "best validation accuracy",
          "test accuracy of the chosen model"),
         (stage1, f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
-                 f"{states.count('FAIL')} failed", minutes(stamps["stage1"] - stamps["start"]),
+                 f"{states.count('FAIL')} failed", minutes(stage1_seconds),
          f"{best.value:.4f} (trial {best.number}, {search['validation']:,} reviews)",
          f"{best.user_attrs['test_accuracy']:.4f} (its own, {search['test']:,} reviews)"),
         (stage2, f"{len(promotion['candidates']) * len(promotion['seeds'])}",
-         minutes(stamps["stage2"] - stamps["stage1"]),
+         f"{minutes(stage2_seconds)} (its runs)",
          f"{promotion['val_accuracy_mean']:.4f} ± {promotion['val_accuracy_std']:.4f} "
          f"(trial {promotion['trial']}, mean ± sd over seeds, {full['validation']:,} reviews)",
          f"{promotion['test_accuracy_mean']:.4f} ± {promotion['test_accuracy_std']:.4f} "
          f"({full['test']:,} reviews per seed)"),
         ("the chosen model (seed " f"{promotion['best_seed']}) scored once", "1",
-         minutes(stamps["evaluate"] - stamps["stage2"]), "-",
+         minutes(scoring_seconds), "-",
          f"**{final['accuracy']:.4f}** (all {final['examples']:,} test reviews)"),
     ]
     for row in rows:
@@ -78,7 +86,11 @@ def main(out: Path) -> None:
     print(f"Chosen configuration: {json.dumps(card['params'])}")
     print(f"The chosen model's own training: "
           f"{minutes(chosen.data.metrics['train_seconds'])}; the whole script: "
-          f"{minutes(stamps['evaluate'] - stamps['start'])}, on {cpu()}.")
+          f"{minutes(stage1_seconds + stage2_seconds + scoring_seconds)}, on {cpu()}.")
+    for r in sorted(promotion_runs, key=lambda r: r.info.start_time):
+        print(f"- {r.info.run_name}: training {minutes(r.data.metrics['train_seconds'])}, "
+              f"validation {r.data.metrics['val_accuracy']:.4f}, "
+              f"test {r.data.metrics['test_accuracy']:.4f}")
     for c in promotion["candidates"]:
         print(f"- promoted trial {c['trial']}: validation {c['val_accuracy_mean']:.4f} ± "
               f"{c['val_accuracy_std']:.4f}, test {c['test_accuracy_mean']:.4f}")

@@ -223,14 +223,19 @@ def test_save_run_refuses_a_non_empty_folder(run, tmp_path):
 
 
 
-def test_evaluate_scores_the_export_as_training_scored_the_model(run):
+def test_evaluate_scores_the_export_as_training_scored_the_model(run, capsys):
     """`bertclf evaluate`'s scoring of the exported model (its own preprocessing, bucketed
-    batches) gives the test figures training reported for the in-memory model."""
+    batches) gives the test figures training reported for the in-memory model, and says how
+    far it has got as it goes."""
     from bertclf.evaluate import evaluate_export
 
     result, out, _ = run
     test = separable_dataset().test
-    scores = evaluate_export(out / "saved_model", test, ["neg", "pos"])
+    scores = evaluate_export(out / "saved_model", test, ["neg", "pos"], batch_size=8,
+                             progress_every=0)
+    done = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().err.splitlines()
+            if line.startswith("evaluate: ") and line.split()[1].endswith("/30")]
+    assert len(done) >= 30 // 8 and done == sorted(set(done)) and done[-1] == 30
     assert scores["examples"] == len(test) == 30
     assert scores["accuracy"] == result.test_accuracy
     assert scores["loss"] == pytest.approx(result.test_loss, abs=2e-3)
