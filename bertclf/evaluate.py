@@ -16,6 +16,7 @@ from bertclf.datasets import Split
 from bertclf.errors import UserError
 from bertclf.export import load_model, probabilities
 from bertclf.tokens import TokenIds, make_dataset
+from bertclf.train import rate_and_time_left
 
 PREPROCESS_BATCH = 512
 
@@ -58,9 +59,9 @@ def evaluate_export(path: str | Path, split: Split, class_names: list[str],
             truth.append(batch_labels.numpy())
             if (now := time.perf_counter()) - last >= progress_every:
                 last, done = now, sum(map(len, truth))
-                left = (now - started) / done * (len(split) - done)
-                print(f"evaluate: {done:,}/{len(split):,} examples ({done / (now - started):.1f}"
-                      f"/s, about {left / 60:.0f} min left)", file=sys.stderr, flush=True)
+                print(f"evaluate: {done:,}/{len(split):,} examples "
+                      f"{rate_and_time_left(done, len(split), now - started, 'examples')}",
+                      file=sys.stderr, flush=True)
     probs = probabilities(np.concatenate(logits))
     truth = np.concatenate(truth)
     picked = probs[np.arange(len(truth)), truth]

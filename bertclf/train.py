@@ -80,11 +80,16 @@ class StepProgress(tf.keras.callbacks.Callback):
         if now - self.last < self.every:
             return
         self.last, done = now, batch + 1
-        eta = (now - self.started) / done * (self.steps - done)
         values = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
         print(f"epoch {self.epoch}: step {done}/{self.steps} {values} "
-              f"({done / (now - self.started):.2f} steps/s, about {eta / 60:.0f} min left)",
+              f"{rate_and_time_left(done, self.steps, now - self.started, 'steps')}",
               flush=True)
+
+
+def rate_and_time_left(done: int, total: int, elapsed: float, unit: str) -> str:
+    """The tail of a progress line: "(R <unit>/s, about M min left)"."""
+    left = elapsed / done * (total - done)
+    return f"({done / elapsed:.2f} {unit}/s, about {left / 60:.0f} min left)"
 
 
 def train(config: TrainConfig, *, dataset: Dataset | None = None,

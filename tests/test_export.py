@@ -222,7 +222,6 @@ def test_save_run_refuses_a_non_empty_folder(run, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-
 def test_evaluate_scores_the_export_as_training_scored_the_model(run, capsys):
     """`bertclf evaluate`'s scoring of the exported model (its own preprocessing, bucketed
     batches) gives the test figures training reported for the in-memory model, and says how
