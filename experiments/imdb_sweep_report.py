@@ -85,7 +85,7 @@ def main(out: Path) -> None:
     print()
     print(f"Chosen configuration: {json.dumps(card['params'])}")
     print(f"The chosen model's own training: "
-          f"{minutes(chosen.data.metrics['train_seconds'])}; the whole script: "
+          f"{minutes(chosen.data.metrics['train_seconds'])}; the three stages together: "
           f"{minutes(stage1_seconds + stage2_seconds + scoring_seconds)}, on {cpu()}.")
     for r in sorted(promotion_runs, key=lambda r: r.info.start_time):
         print(f"- {r.info.run_name}: training {minutes(r.data.metrics['train_seconds'])}, "

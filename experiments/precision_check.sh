@@ -21,3 +21,5 @@ for p, m in rows.items():
 ratio = rows["float32"]["train_seconds"] / rows["mixed_bfloat16"]["train_seconds"]
 print(f"mixed_bfloat16 speed-up: {ratio:.2f}x")
 PY
+cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
+echo "wall time: $((SECONDS / 60)) min $((SECONDS % 60)) s, on $cpu, $(nproc) cores"
