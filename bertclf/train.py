@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -63,6 +63,17 @@ class TrainResult:
         }
 
 
+class EvaluationHook(tf.keras.callbacks.Callback):
+    """Calls `on_evaluation` after each epoch's validation, the step being the epoch."""
+
+    def __init__(self, on_evaluation: OnEvaluation):
+        super().__init__()
+        self.on_evaluation = on_evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_evaluation(epoch + 1, {**(logs or {}), "epoch": epoch + 1})
+
+
 class StepProgress(tf.keras.callbacks.Callback):
     """A progress line every `every` seconds within an epoch (for logs, where Keras' bar
     would only print at the end of each epoch)."""
@@ -92,14 +103,21 @@ def rate_and_time_left(done: int, total: int, elapsed: float, unit: str) -> str:
     return f"({done / elapsed:.2f} {unit}/s, about {left / 60:.0f} min left)"
 
 
+OnEvaluation = Callable[[int, dict], None]
+
+
 def train(config: TrainConfig, *, dataset: Dataset | None = None,
           callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+          on_evaluation: OnEvaluation | None = None,
           verbose: int | str = "auto") -> TrainResult:
-    """Fine-tune one classifier. `dataset` skips loading; `callbacks` see every epoch."""
+    """Fine-tune one classifier. `dataset` skips loading; `callbacks` see every epoch.
+    `on_evaluation(step, logs)` is called after every validation evaluation, steps counted
+    from 1 (logs: val_accuracy, val_loss, epoch, and the epoch's loss and accuracy at its
+    end); whatever it raises stops training and leaves `train`."""
     config.validate()
     spec = get_encoder(config.encoder, config.encoder_map)
     with accel.precision_rewrites(config):
-        return _train(config, spec, dataset, callbacks, verbose)
+        return _train(config, spec, dataset, callbacks, on_evaluation, verbose)
 
 
 def compile_classifier(config: TrainConfig, spec: EncoderSpec, num_classes: int,
@@ -133,7 +151,7 @@ def split_token_ids(config: TrainConfig, spec: EncoderSpec, dataset: Dataset) ->
 
 def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
            callbacks: Sequence[tf.keras.callbacks.Callback],
-           verbose: int | str) -> TrainResult:
+           on_evaluation: OnEvaluation | None, verbose: int | str) -> TrainResult:
     if dataset is None:
         dataset = config.load_data()
     splits = split_token_ids(config, spec, dataset)
@@ -153,9 +171,11 @@ def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
             progress = [StepProgress(steps)]
     best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                             restore_best_weights=True)
+    hooks = [EvaluationHook(on_evaluation)] if on_evaluation else []
     started = time.perf_counter()
     fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose,
-                    callbacks=[tf.keras.callbacks.TerminateOnNaN(), best, *progress, *callbacks])
+                    callbacks=[tf.keras.callbacks.TerminateOnNaN(), best, *progress,
+                               *callbacks, *hooks])
     train_seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     if any(not np.isfinite(v) for v in history.get("loss", [])) or not history.get("val_loss"):
