@@ -1,4 +1,4 @@
-"""Command line: `python -m sweep run|promote|best|trials`."""
+"""Command line: `python -m sweep run|promote|best|trials|check`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bertclf.cli import command_parser, run_command
 from bertclf.errors import UserError
-from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
+from sweep.ownership import GRACE_SECONDS, HEARTBEAT_SECONDS
+from sweep.study import DEFAULT_STORAGE
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
@@ -24,6 +25,16 @@ def _stores(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                         help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI}; "
                              "http://HOST:PORT for a tracking server)")
+
+
+def _liveness(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
+                        help="seconds between a running trial's heartbeats (default "
+                             f"{HEARTBEAT_SECONDS})")
+    parser.add_argument("--grace", type=float, default=GRACE_SECONDS,
+                        help="seconds without a heartbeat after which another host's running "
+                             f"trial counts as dead (default {GRACE_SECONDS}); on this host a "
+                             "trial is failed as soon as its worker process is gone")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,36 +53,38 @@ def _run(args: argparse.Namespace) -> int:
               + f"; searching {', '.join(map(str, experiment.space['encoder']))}", flush=True)
     dataset = load_experiment_data(experiment)
     name = args.study or experiment.study_name
-    storage = open_storage(args.storage, heartbeat=args.heartbeat)
+    storage = open_storage(args.storage)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
                                 pruner=make_pruner(experiment.pruner, experiment.max_epochs))
     study.set_user_attr(EXPERIMENT_ATTR, {"path": str(experiment.path), "text": experiment.text,
                                           "data_override": experiment.data_override})
-    tracker = _open_tracker(args.tracking_uri, study, created)
+    tracker = _open_tracker(args.tracking_uri, study, storage, args.grace, created)
     trials = args.trials or experiment.trials
     timeout = args.timeout * 60 if args.timeout else (
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
     print(f"sweep: study {name!r} ({len(study.trials)} trial(s) so far), "
           f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
-    sweep = Sweep(experiment, dataset, study, tracker, args.storage, in_process=args.in_process)
+    sweep = Sweep(experiment, dataset, study, tracker, storage, args.storage,
+                  in_process=args.in_process, heartbeat_seconds=args.heartbeat,
+                  grace_seconds=args.grace)
     tracker.open_parent(str(experiment.path))
     if dropped:
         tracker.client.set_tag(tracker.parent_run_id, "dropped_encoders", "; ".join(
             f"{name}: {why}" for name, why in dropped.items()))
-    code = _until_done(study, tracker, lambda: sweep.run(trials, timeout, workers=args.workers))
+    slots = [{} for _ in range(args.workers)]
+    code = _until_done(tracker, lambda: sweep.run(trials, timeout, slots=slots))
     if code == 0:
         _print_best(study, tracker.ui_link())
     return code
 
 
-def _open_tracker(tracking_uri: str, study, created: bool = False):
+def _open_tracker(tracking_uri: str, study, storage, grace: float, created: bool = False):
     """The study's MLflow tracker, after failing what dead workers left behind."""
-    import optuna
-
+    from sweep.ownership import fail_dead_trials
     from sweep.tracking import Tracker
 
-    optuna.storages.fail_stale_trials(study)
+    fail_dead_trials(study, storage, grace)
     tracker = Tracker(tracking_uri, study, created)
     fixed = tracker.reconcile()
     if fixed:
@@ -80,11 +93,9 @@ def _open_tracker(tracking_uri: str, study, created: bool = False):
     return tracker
 
 
-def _until_done(study, tracker, work) -> int:
+def _until_done(tracker, work) -> int:
     """Run `work`, then close the parent run as it ended: Ctrl-C (or a scheduler's SIGTERM)
-    ends the run in progress as failed and exits 130; the study can be continued."""
-    import optuna
-
+    ends every run in progress as failed and exits 130; the study can be continued."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     status = "FAILED"
     try:
@@ -92,11 +103,10 @@ def _until_done(study, tracker, work) -> int:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        print("sweep: interrupted; the run in progress was recorded as failed. "
+        print("sweep: interrupted; the runs in progress were recorded as failed. "
               "Run the same command again to continue the study.", file=sys.stderr)
         return 130
     finally:
-        optuna.storages.fail_stale_trials(study)
         tracker.reconcile()
         tracker.close_parent(status)
     return 0
@@ -130,11 +140,14 @@ def _print_best(study, ui_link: str | None = None) -> None:
         print(f"sweep: MLflow UI: {ui_link}")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, with_storage: bool = False):
+    """The study that --study names (and the storage, if asked)."""
     from sweep.study import check_storage_exists, load_existing_study, open_storage
 
     check_storage_exists(args.storage)
-    return load_existing_study(args.study, open_storage(args.storage, heartbeat=None))
+    storage = open_storage(args.storage)
+    study = load_existing_study(args.study, storage)
+    return (study, storage) if with_storage else study
 
 
 def _best(args: argparse.Namespace) -> int:
@@ -158,7 +171,7 @@ def _promote(args: argparse.Namespace) -> int:
     from sweep.experiment import parse_experiment
     from sweep.promote import Promotion
 
-    study = _load(args)
+    study, storage = _load(args, with_storage=True)
     stored = study.user_attrs.get(EXPERIMENT_ATTR)
     if not stored:
         raise UserError(f"study {study.study_name!r} does not record its experiment file "
@@ -167,10 +180,13 @@ def _promote(args: argparse.Namespace) -> int:
                                   stored.get("data_override"))
     top = args.top or experiment.promotion.top
     seeds = args.seeds or experiment.promotion.seeds
-    tracker = _open_tracker(args.tracking_uri, study)
-    promotion = Promotion(experiment, study, tracker, top, seeds, in_process=args.in_process)
+    tracker = _open_tracker(args.tracking_uri, study, storage, args.grace)
+    promotion = Promotion(experiment, study, tracker, storage, top, seeds,
+                          in_process=args.in_process, workers=args.workers,
+                          heartbeat_seconds=args.heartbeat, grace_seconds=args.grace,
+                          storage_url=args.storage)
     tracker.open_parent(stored["path"])
-    return _until_done(study, tracker, promotion.run)
+    return _until_done(tracker, promotion.run)
 
 
 def _trials(args: argparse.Namespace) -> int:
@@ -198,6 +214,21 @@ def _trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from sweep.agreement import disagreements
+
+    study = _load(args)
+    found = disagreements(study, MlflowClient(args.tracking_uri))
+    for line in found:
+        print(line)
+    print(f"sweep: {len(study.trials)} trial(s): "
+          + (f"{len(found)} disagreement(s) between the stores" if found else
+             "Optuna and MLflow agree on every one"))
+    return 1 if found else 0
+
+
 def _study_command(commands, name: str, run, help: str) -> argparse.ArgumentParser:
     """A command on an existing study: --study and the store flags."""
     parser = commands.add_parser(name, help=help)
@@ -221,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="sampler seed")
     run.add_argument("--workers", type=int, default=1,
                      help="trial processes running at once (the --trials total is exact)")
-    run.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
-                     help="seconds between a running trial's heartbeats; a trial silent for "
-                          "3 of them is taken as dead (its worker crashed) and failed")
+    _liveness(run)
     run.add_argument("--in-process", action="store_true",
                      help="run trials in this process (debugging; memory grows)")
     _stores(run)
@@ -237,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the experiment's promote.seeds)")
     promote.add_argument("--in-process", action="store_true",
                          help="train in this process (debugging; memory grows)")
+    promote.add_argument("--workers", type=int, default=1,
+                         help="runs trained at once; promotes on other hosts share the work")
+    _liveness(promote)
 
     best = _study_command(commands, "best", _best, "show, export or register the chosen model")
     best.add_argument("--export", nargs="?", const="", metavar="DIR",
@@ -250,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     trials = _study_command(commands, "trials", _trials, "list the trials of a study")
     trials.add_argument("--csv", nargs="?", const="-", metavar="PATH",
                         help="write CSV to PATH (default: standard output)")
+    _study_command(commands, "check", _check, "check that Optuna and MLflow agree on every "
+                   "trial (exit status 1 if not)")
     return parser
 
 

@@ -18,7 +18,6 @@ import optuna
 from bertclf.config import field_types
 from bertclf.errors import UserError
 from sweep.promote import WINNER_ATTR
-from sweep.runner import DROPPED_ATTR
 from sweep.tracking import mlflow_stores
 
 RELOAD_CHECK = """
@@ -50,8 +49,6 @@ def chosen_model(study: optuna.Study) -> ChosenModel:
         trial = next(t for t in completed if t.number == promotion["trial"])
         return ChosenModel(trial, promotion["run_id"], promotion["model_uri"], promotion)
     trial = study.best_trial
-    if trial.number in study.user_attrs.get(DROPPED_ATTR, []):
-        raise UserError(f"the logged model of trial {trial.number} was deleted (keep_models)")
     if "model_uri" not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no logged model")
     return ChosenModel(trial, trial.user_attrs["mlflow_run_id"], trial.user_attrs["model_uri"],

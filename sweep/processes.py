@@ -20,26 +20,29 @@ from typing import Any
 
 
 class ChildFailed(RuntimeError):
-    """The call raised in the child process, or the process died; the message says why."""
+    """The child process died, or raised something that cannot be sent back; says why."""
 
 
 class ChildProcess:
-    """A spawned process that imports `preload` at once, then runs one call sent to it."""
+    """A spawned process that applies `env`, imports `preload` at once, then runs one call
+    sent to it. What the call raises is raised again in the caller, as itself."""
 
-    def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True):
+    def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,
+                 env: dict[str, str] | None = None):
         context = multiprocessing.get_context("spawn")
         self.connection, child_end = context.Pipe()
         # Daemons may not start processes of their own: callers that do pass daemon=False.
-        self.process = context.Process(target=_serve, args=(child_end, preload), daemon=daemon)
+        self.process = context.Process(target=_serve, args=(child_end, preload, env or {}),
+                                       daemon=daemon)
         self.process.start()
         child_end.close()  # so recv() sees EOF if the child dies without answering
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` in the child; its return value, or ChildFailed."""
+        """`function(*args)` in the child; its return value, or what it raised."""
         try:
             self.connection.send((function, args))
             reply = self.connection.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
             reply = None
         except BaseException:  # Ctrl-C: stop the child before giving up its work
             self.close()
@@ -52,7 +55,7 @@ class ChildProcess:
             raise ChildFailed(f"process died ({how}), e.g. out of memory")
         kind, payload = reply
         if kind == "error":
-            raise ChildFailed(payload)
+            raise payload if isinstance(payload, BaseException) else ChildFailed(payload)
         return payload
 
     def close(self) -> None:
@@ -62,10 +65,11 @@ class ChildProcess:
         self.connection.close()
 
 
-def _serve(connection, preload: tuple[str, ...]) -> None:
+def _serve(connection, preload: tuple[str, ...], env: dict[str, str]) -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)  # before the imports: TensorFlow reads CUDA_VISIBLE_DEVICES once
     for module in preload:
         importlib.import_module(module)
     function, args = connection.recv()
@@ -73,7 +77,10 @@ def _serve(connection, preload: tuple[str, ...]) -> None:
         connection.send(("ok", function(*args)))
     except BaseException as e:  # everything must reach the parent, not just Exceptions
         traceback.print_exc()
-        connection.send(("error", f"{type(e).__name__}: {e}"))
+        try:
+            connection.send(("error", e))
+        except Exception:  # it does not pickle: its text does
+            connection.send(("error", f"{type(e).__name__}: {e}"))
 
 
 def _die_with_parent() -> None:
@@ -91,27 +98,48 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-class WarmProcessPool:
-    """A fresh process for each of `calls` calls; while one runs, the next is started, so its
-    preloaded imports are done by the time its call arrives. No process is started beyond the
-    last call."""
+class WarmProcesses:
+    """A fresh process for each of `calls` calls, run from worker slots that each have an
+    environment of their own (a GPU, say); while a slot's call runs, its next process is
+    started, so its preloaded imports are done by the time its call arrives. No process is
+    started beyond the last call, and `kill()` ends every running one at once."""
 
-    def __init__(self, calls: int, preload: tuple[str, ...] = ()):
+    def __init__(self, calls: int, preload: tuple[str, ...] = (),
+                 slots: list[dict[str, str]] | None = None):
         self.preload = preload
+        self.slots = slots or [{}]
         self._left = calls  # calls not yet given a process
-        self._spares: list[ChildProcess] = []
-        self._lock = threading.Lock()  # workers run trials from several threads
+        self._spares: dict[int, ChildProcess] = {}
+        self._running: set[ChildProcess] = set()
+        self._lock = threading.Lock()  # workers call from several threads
 
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+    def call(self, slot: int, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in a fresh process with slot `slot`'s environment."""
         with self._lock:
-            process = self._spares.pop() if self._spares else ChildProcess(self.preload)
+            process = self._spares.pop(slot, None) or self._start(slot)
             self._left -= 1
             if self._left > len(self._spares):
-                self._spares.append(ChildProcess(self.preload))
-        return process.call(function, *args)
+                self._spares[slot] = self._start(slot)
+            self._running.add(process)
+        try:
+            return process.call(function, *args)
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def _start(self, slot: int) -> ChildProcess:
+        return ChildProcess(self.preload, env=self.slots[slot])
+
+    def kill(self) -> None:
+        """End the running calls' processes now (their calls raise ChildFailed)."""
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            process.process.kill()
 
     def close(self) -> None:
+        """End the spare processes."""
         with self._lock:
-            for spare in self._spares:
+            for spare in self._spares.values():
                 spare.close()
             self._spares.clear()

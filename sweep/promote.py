@@ -5,22 +5,41 @@ that one lucky seed cannot pick the model."""
 from __future__ import annotations
 
 import json
+import random
 import statistics
+import threading
+import time
 from dataclasses import asdict, dataclass, field, replace
 
 import optuna
+from optuna.trial import TrialState
 
 from bertclf.config import TrainConfig
 from bertclf.errors import TrainingError, UserError
 from sweep.experiment import Experiment
-from sweep.processes import WarmProcessPool
+from sweep.masking import mask
+from sweep.ownership import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    Heartbeat,
+    claim,
+    fail_dead_trials,
+    retry,
+)
+from sweep.processes import WarmProcesses
 from sweep.runner import load_experiment_data, short
+from sweep.study import open_storage
 from sweep.tracking import Tracker, dataset_inputs, run_params
 from sweep.trial import PRELOAD, TrialJob, run_job
 
 WINNER_ATTR = "promotion"  # study attribute: the promoted winner, as `best` shows it
+# MLflow tags of a promotion run
 STAGE, PROMOTES, SEED, FIDELITY = "sweep.stage", "sweep.promotes_trial", "sweep.seed", \
     "sweep.fidelity"
+CLAIM = "sweep.claim"  # the number of its claim in the claims study
+# Attributes of a claim (a trial of the claims study)
+RUN_KEY = "sweep.run"  # which run it claims: trial, seed and fidelity
+WITHDRAWN = "sweep.withdrawn"  # withdrawn: another claim of the same run came first
 
 
 @dataclass
@@ -67,87 +86,215 @@ def trial_config(trial: optuna.trial.FrozenTrial, experiment: Experiment,
     return experiment.base_config(**{**fixed, **trial.params, **fidelity})
 
 
+def claims_study_name(study_name: str) -> str:
+    """The companion study whose trials claim promotion runs (a name no user study can
+    have: study names may not hold a colon)."""
+    return f"{study_name}:promotion"
+
+
+class Claims:
+    """Promotion runs claimed in an Optuna study of their own, so that several promotes
+    (threads, commands, hosts) train each (trial, seed) exactly once. A claim is a trial:
+    owned, beating and failed when its owner dies like a search trial. Claiming is
+    claim-then-check: a claimer who then sees another live or finished claim of the same
+    run withdraws (at most one claim of a run survives), and tries again later."""
+
+    def __init__(self, study_name: str, storage: optuna.storages.BaseStorage):
+        self.storage = storage
+        self.study = optuna.create_study(study_name=claims_study_name(study_name),
+                                         storage=storage, direction="maximize",
+                                         load_if_exists=True)
+        self.study_id = storage.get_study_id_from_name(self.study.study_name)
+
+    def holders(self, key: str, states=(TrialState.RUNNING, TrialState.COMPLETE)) -> list:
+        return [t for t in self.study.get_trials(deepcopy=False, states=states)
+                if t.user_attrs.get(RUN_KEY) == key]
+
+    def claim(self, key: str, attempts: int = 5) -> tuple[optuna.Trial, int] | None:
+        """A claim on run `key` and its trial id, or None if another process has it."""
+        for _ in range(attempts):
+            if self.holders(key):
+                return None
+            trial = self.study.ask()
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
+                                                                           trial.number)
+            trial.set_user_attr(RUN_KEY, key)
+            claim(self.storage, trial_id)
+            if not any(t.number != trial.number for t in self.holders(key)):
+                return trial, trial_id
+            trial.set_user_attr(WITHDRAWN, True)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            time.sleep(random.uniform(0.1, 1.0))  # both may have withdrawn: try again apart
+        return None
+
+    def done(self) -> dict[str, optuna.trial.FrozenTrial]:
+        """Run key -> its COMPLETE claim."""
+        return {t.user_attrs[RUN_KEY]: t
+                for t in self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])}
+
+
 class Promotion:
-    """Re-trains the top configurations of a study, continuing where an earlier call stopped."""
+    """Re-trains the top configurations of a study, continuing where an earlier call stopped,
+    with `workers` runs at a time; several promotes on one study share the work."""
 
     def __init__(self, experiment: Experiment, study: optuna.Study, tracker: Tracker,
-                 top: int, seeds: int, in_process: bool = False):
+                 storage: optuna.storages.BaseStorage, top: int, seeds: int,
+                 in_process: bool = False, workers: int = 1,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 grace_seconds: float = GRACE_SECONDS, storage_url: str = ""):
         self.experiment, self.study, self.tracker = experiment, study, tracker
         self.fidelity = experiment.promotion.fidelity
         self.fidelity_key = json.dumps(self.fidelity, sort_keys=True)
         self.in_process = in_process
+        self.workers = 1 if in_process else workers
         self.candidates = [Candidate(t, trial_config(t, experiment, self.fidelity))
                            for t in top_trials(study, top)]
         self.seeds = seeds
         if not self.candidates:
             raise UserError(f"study {study.study_name!r} has no completed trial to promote")
+        self.storage, self.storage_url = storage, storage_url
+        self.claims = Claims(study.study_name, storage)
+        self.heartbeat_seconds, self.grace_seconds = heartbeat_seconds, grace_seconds
 
-    def _finished_runs(self) -> None:
-        """Read the runs an earlier call finished into the candidates; fail runs it left."""
+    def key(self, candidate: Candidate, seed: int) -> str:
+        return f"trial {candidate.trial.number} seed {seed} at {self.fidelity_key}"
+
+    def _reconcile(self) -> None:
+        """Fail the claims of dead promotes, and end their runs left RUNNING as FAILED."""
+        fail_dead_trials(self.claims.study, self.storage, self.grace_seconds)
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id], max_results=10000,
             filter_string=f"tags.mlflow.parentRunId = '{self.tracker.parent_run_id}' "
-                          f"and tags.`{STAGE}` = 'promotion'")
-        by_trial = {c.trial.number: c for c in self.candidates}
+                          f"and tags.`{STAGE}` = 'promotion' and attributes.status = 'RUNNING'")
+        claims = {t.number: t for t in self.claims.study.get_trials(deepcopy=False)}
         for run in runs:
-            tags, status = run.data.tags, run.info.status
-            if status == "RUNNING":  # its promote was killed
-                self.tracker.end_run(run.info.run_id, "FAIL", "promote died during the run")
-            candidate = by_trial.get(int(tags[PROMOTES]))
-            if (status == "FINISHED" and candidate and tags.get(FIDELITY) == self.fidelity_key
-                    and "model_uri" in tags):
-                candidate.runs[int(tags[SEED])] = {
-                    "val_accuracy": run.data.metrics["best_val_accuracy"],
-                    "test_accuracy": run.data.metrics["test_accuracy"],
-                    "run_id": run.info.run_id, "model_uri": tags["model_uri"]}
+            claimed = claims.get(int(run.data.tags.get(CLAIM, -1)))
+            if claimed is None or claimed.state.is_finished():
+                error = claimed.user_attrs.get("error") if claimed else None
+                self.tracker.end_run(run.info.run_id, "FAIL",
+                                     error or "promote died during the run")
+
+    def _finished_runs(self) -> None:
+        """Read the runs finished before (by any promote) into the candidates."""
+        done = self.claims.done()
+        for candidate in self.candidates:
+            for i in range(self.seeds):
+                seed = candidate.config.seed + i
+                claimed = done.get(self.key(candidate, seed))
+                if claimed:
+                    candidate.runs[seed] = {
+                        "val_accuracy": claimed.value, **{
+                            k: claimed.user_attrs[k]
+                            for k in ("test_accuracy", "run_id", "model_uri")}}
 
     def run(self) -> dict:
         """Train what is missing, choose the winner, record it; returns its summary."""
+        self._reconcile()
         self._finished_runs()
         todo = [(c, c.config.seed + i) for c in self.candidates for i in range(self.seeds)
                 if c.config.seed + i not in c.runs]
         done = len(self.candidates) * self.seeds - len(todo)
         print(f"promote: {len(self.candidates)} configuration(s) x {self.seeds} seed(s) at "
               f"{short(self.fidelity) or 'the search fidelity'}; {done} run(s) done before, "
-              f"{len(todo)} to go", flush=True)
+              f"{len(todo)} to go, {self.workers} at a time", flush=True)
         if todo:
-            dataset = load_experiment_data(self.experiment, **{
-                k: v for k, v in self.fidelity.items() if k.startswith("max_")})
-            inputs = dataset_inputs(dataset)
-            pool = None if self.in_process else WarmProcessPool(len(todo), PRELOAD)
-            try:
-                for candidate, seed in todo:
-                    try:
-                        self._train(candidate, seed, dataset, inputs, pool)
-                    except Exception as e:  # recorded on its run; the others go on
-                        print(f"promote: trial {candidate.trial.number} seed {seed} FAIL: "
-                              f"{str(e).splitlines()[0][:200]} (run `sweep promote` again "
-                              "to retry it)", flush=True)
-            finally:
-                if pool:
-                    pool.close()
+            self._train_all(todo)
+        self._finished_runs()  # what other promotes trained meanwhile
         return self._choose()
 
-    def _train(self, candidate: Candidate, seed: int, dataset, inputs, pool) -> None:
+    def _train_all(self, todo: list[tuple[Candidate, int]]) -> None:
+        dataset = load_experiment_data(self.experiment, **{
+            k: v for k, v in self.fidelity.items() if k.startswith("max_")})
+        inputs = dataset_inputs(dataset)
+        queue = list(todo)
+        lock = threading.Lock()
+        stop = threading.Event()
+        processes = WarmProcesses(len(todo), PRELOAD, [{}] * self.workers)
+        heartbeat = Heartbeat(lambda: open_storage(self.storage_url), self.heartbeat_seconds)
+
+        def work(slot: int) -> None:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    candidate, seed = queue.pop(0)
+                claimed = self.claims.claim(self.key(candidate, seed))
+                if claimed is None:
+                    print(f"promote: trial {candidate.trial.number} seed {seed} is another "
+                          "promote's", flush=True)
+                    continue
+                trial, trial_id = claimed
+                heartbeat.add(trial_id)
+                try:
+                    self._train(candidate, seed, trial, dataset, inputs,
+                                lambda job: processes.call(slot, run_job, job), stop)
+                finally:
+                    heartbeat.remove(trial_id)
+
+        threads = [threading.Thread(target=work, args=(slot,)) for slot in range(self.workers)]
+        try:
+            if self.in_process:
+                work(0)
+            for thread in threads if not self.in_process else ():
+                thread.start()
+            for thread in threads if not self.in_process else ():
+                while thread.is_alive():
+                    thread.join(0.5)
+        except KeyboardInterrupt:
+            stop.set()
+            processes.kill()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
+        finally:
+            processes.close()
+            heartbeat.close()
+
+    def _train(self, candidate: Candidate, seed: int, trial: optuna.Trial, dataset, inputs,
+               call_in_process, stop: threading.Event) -> None:
+        """Train one claimed run; its run and claim end as it did, failures recorded."""
         config = replace(candidate.config, seed=seed)
         number = candidate.trial.number
         tags = {STAGE: "promotion", PROMOTES: str(number), SEED: str(seed),
-                FIDELITY: self.fidelity_key}
+                FIDELITY: self.fidelity_key, CLAIM: str(trial.number)}
         print(f"promote: trial {number} seed {seed} started", flush=True)
-        with self.tracker.child_run(f"promote-trial-{number}-seed-{seed}",
-                                    {**run_params(config), "promotes_trial": number}, tags,
-                                    inputs) as run:
+        run, state, value, error = None, TrialState.FAIL, None, None
+        try:
+            run = self.tracker.start_child_run(f"promote-trial-{number}-seed-{seed}",
+                                               {**run_params(config), "promotes_trial": number},
+                                               tags, inputs)
+            trial.set_user_attr("run_id", run.run_id)
             job = TrialJob(config=asdict(config), dataset=dataset, run_id=run.run_id,
                            tracking_uri=self.tracker.tracking_uri)
-            outcome = run_job(job) if pool is None else pool.call(run_job, job)
+            outcome = run_job(job) if self.in_process else call_in_process(job)
             run.tags["model_uri"] = outcome["model_uri"]
-        candidate.runs[seed] = {"val_accuracy": outcome["best_val_accuracy"],
-                                "test_accuracy": outcome["test_accuracy"],
-                                "run_id": run.run_id, "model_uri": outcome["model_uri"]}
-        print(f"promote: trial {number} seed {seed}: val_accuracy="
-              f"{outcome['best_val_accuracy']:.4f} test_accuracy="
-              f"{outcome['test_accuracy']:.4f} ({outcome['train_seconds']:.0f}s training)",
-              flush=True)
+            for key in ("test_accuracy", "model_uri"):
+                trial.set_user_attr(key, outcome[key])
+            state, value = TrialState.COMPLETE, outcome["best_val_accuracy"]
+        except BaseException as e:
+            error = ("interrupted (Ctrl-C or SIGTERM) during the run"
+                     if isinstance(e, KeyboardInterrupt) or stop.is_set()
+                     else mask(f"{type(e).__name__}: {e}"))
+            trial.set_user_attr("error", error[:1000])
+            if not isinstance(e, Exception):
+                raise
+            print(f"promote: trial {number} seed {seed} FAIL: {error.splitlines()[0][:200]} "
+                  "(run `sweep promote` again to retry it)", flush=True)
+        finally:
+            frozen = retry(lambda: self.claims.study.tell(trial, value, state,
+                                                          skip_if_finished=True))
+            if frozen.state != state:  # its claim was failed elsewhere meanwhile
+                error, value = f"its claim was ended as {frozen.state.name} elsewhere", None
+            if run:
+                self.tracker.end_run(run.run_id, frozen.state.name, error, run.tags)
+        if value is not None:
+            candidate.runs[seed] = {"val_accuracy": value,
+                                    "test_accuracy": outcome["test_accuracy"],
+                                    "run_id": run.run_id, "model_uri": outcome["model_uri"]}
+            print(f"promote: trial {number} seed {seed}: val_accuracy={value:.4f} "
+                  f"test_accuracy={outcome['test_accuracy']:.4f} "
+                  f"({outcome['train_seconds']:.0f}s training)", flush=True)
 
     def _choose(self) -> dict:
         ranked = sorted((c.summary() for c in self.candidates if c.runs),

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict
 
 import optuna
+from optuna.trial import TrialState
 
 from bertclf.config import TrainConfig
 from bertclf.datasets import Dataset
 from sweep.experiment import Experiment
-from sweep.processes import WarmProcessPool
+from sweep.masking import mask
+from sweep.ownership import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    Heartbeat,
+    claim,
+    fail_dead_trials,
+    retry,
+)
+from sweep.processes import WarmProcesses
 from sweep.space import suggest_config
-from sweep.tracking import ChildRun, Tracker, dataset_inputs
-from sweep.trial import PRELOAD, TrialJob, run_job
+from sweep.study import open_storage
+from sweep.tracking import RUN_ID_ATTR, ChildRun, Tracker, dataset_inputs
+from sweep.trial import PRELOAD, PrunedAt, TrialAddress, TrialJob, run_job
 
 SUMMARY_ATTRS = ("test_accuracy", "test_loss", "best_epoch", "model_uri")
-DROPPED_ATTR = "dropped_models"  # study attribute: trials whose logged model was deleted
+RETRY_OF = "sweep.retry_of"  # trial attribute: the dead worker's trial it re-runs
 
 
 def short(values: dict) -> str:
@@ -36,59 +48,132 @@ def load_experiment_data(experiment: Experiment, **fidelity) -> Dataset:
     return dataset
 
 
+class Budget:
+    """Exactly `trials` trials, handed out to worker threads one at a time, none started
+    after the deadline or once `stop` is set."""
+
+    def __init__(self, trials: int, timeout_seconds: float | None):
+        self.left = trials
+        self.deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left < 1 or self.stop.is_set() or (
+                    self.deadline is not None and time.monotonic() >= self.deadline):
+                return False
+            self.left -= 1
+            return True
+
+
 class Sweep:
-    """Runs trials of one experiment on one study, each tracked as an MLflow child run."""
+    """Runs trials of one experiment on one study, each tracked as an MLflow child run: its
+    own ask-and-tell loop, so that ownership, heartbeats and interrupts are the sweep's."""
 
     def __init__(self, experiment: Experiment, dataset: Dataset, study: optuna.Study,
-                 tracker: Tracker, storage_url: str, in_process: bool = False):
+                 tracker: Tracker, storage: optuna.storages.BaseStorage, storage_url: str,
+                 in_process: bool = False, heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 grace_seconds: float = GRACE_SECONDS):
         self.experiment = experiment
         self.dataset = dataset
         self.data_inputs = dataset_inputs(dataset)
         self.study = study
         self.tracker = tracker
+        self.storage = storage
         self.storage_url = storage_url
         self.in_process = in_process
-        self.processes: WarmProcessPool | None = None
+        self.heartbeat_seconds = heartbeat_seconds
+        self.grace_seconds = grace_seconds
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.processes: WarmProcesses | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.budget = Budget(0, None)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        """Suggest a configuration, train it (pruned after any epoch), return its score."""
-        config = suggest_config(trial, self.experiment)
-        print(f"trial {trial.number} started: {short(trial.params)}", flush=True)
-        with self.tracker.trial_run(trial, config, self.data_inputs) as run:
-            outcome = self.train(trial, config, run)
-        for key in SUMMARY_ATTRS:
-            trial.set_user_attr(key, outcome[key])
-        return outcome["best_val_accuracy"]
+    def fail_dead_trials(self) -> None:
+        """Fail the trials of dead workers (saying why) and queue their parameters again."""
+        for trial in fail_dead_trials(self.study, self.storage, self.grace_seconds):
+            print(f"trial {trial.number} FAIL: {trial.user_attrs.get('error')}; "
+                  "its parameters are queued again", flush=True)
+            if trial.params:
+                self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
 
-    def train(self, trial: optuna.Trial, config: TrainConfig, run: ChildRun) -> dict:
-        """Train `config` in a trial process (or here, in-process), reporting every epoch to
-        `trial`; raises optuna.TrialPruned, with the epoch on `run`, if the pruner stops it."""
+    def trial(self, slot: int) -> optuna.trial.FrozenTrial:
+        """Ask for a trial, run it and tell its result; the MLflow run ends as the study
+        says the trial ended, with the reason where it failed, whatever stage it failed at."""
+        trial = self.study.ask()
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
+                                                                       trial.number)
+        claim(self.storage, trial_id)
+        self.heartbeat.add(trial_id)
+        run: ChildRun | None = None
+        state, value, interrupted = TrialState.FAIL, None, None
+        try:
+            config = suggest_config(trial, self.experiment)
+            print(f"trial {trial.number} started: {short(trial.params)}", flush=True)
+            run = self.tracker.start_trial_run(trial, config, self.data_inputs)
+            outcome = self.train(trial, config, run, slot)
+            for key in SUMMARY_ATTRS:
+                trial.set_user_attr(key, outcome[key])
+            state, value = TrialState.COMPLETE, outcome["best_val_accuracy"]
+        except optuna.TrialPruned as e:
+            state = TrialState.PRUNED
+            if run and isinstance(e, PrunedAt):
+                run.tags.update(pruned_at_step=str(e.step), pruned_at_epoch=f"{e.epoch:g}")
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or self.budget.stop.is_set():
+                interrupted = e
+                error = "interrupted (Ctrl-C or SIGTERM) during the trial"
+            else:
+                error = mask(f"{type(e).__name__}: {e}")
+            self._record_error(trial, run, error)
+        finally:
+            self.heartbeat.remove(trial_id)
+        frozen = retry(lambda: self.study.tell(trial, value, state, skip_if_finished=True))
+        if frozen.state != state:  # ended elsewhere first (its owner was taken for dead)
+            self._record_error(trial, run, f"the trial was ended as {frozen.state.name} "
+                               f"elsewhere: {frozen.user_attrs.get('error', '')}")
+            if run and state == TrialState.COMPLETE:
+                self.tracker.drop_model(run.run_id, outcome["model_uri"])
+        if run:
+            self.tracker.end_run(run.run_id, frozen.state.name, run.error, run.tags)
+        if isinstance(interrupted, KeyboardInterrupt):
+            raise interrupted
+        return frozen
+
+    @staticmethod
+    def _record_error(trial: optuna.Trial, run: ChildRun | None, error: str) -> None:
+        if run:
+            run.error = error
+        try:
+            trial.set_user_attr("error", error[:1000])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def train(self, trial: optuna.Trial, config: TrainConfig, run: ChildRun, slot: int) -> dict:
+        """Train `config` in a trial process of `slot` (or here, in-process), reporting every
+        evaluation to the trial, which may prune (PrunedAt)."""
+        address = TrialAddress(self.storage_url, self.study.study_name, trial.number,
+                               self.experiment.pruner, self.experiment.max_epochs)
         job = TrialJob(config=asdict(config), dataset=self.dataset, run_id=run.run_id,
-                       tracking_uri=self.tracker.tracking_uri, storage_url=self.storage_url,
-                       study_name=self.study.study_name, trial_id=trial._trial_id,
-                       pruner=self.experiment.pruner, max_epochs=self.experiment.max_epochs)
-        outcome = run_job(job, trial) if self.in_process else self.processes.call(run_job, job)
-        if "pruned_at_epoch" in outcome:
-            epoch = outcome["pruned_at_epoch"]
-            run.tags["pruned_at_epoch"] = str(epoch)
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-        return outcome
+                       tracking_uri=self.tracker.tracking_uri, trial=address)
+        return run_job(job) if self.in_process else self.processes.call(slot, run_job, job)
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(self, trial: optuna.trial.FrozenTrial) -> None:
         """A progress line per finished trial, the best so far on the parent run, and the
         models outside the best `keep_models` dropped."""
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         line = f"trial {trial.number} {trial.state.name} in {seconds:.1f}s"
-        if trial.state.name == "COMPLETE":
+        if trial.state == TrialState.COMPLETE:
             line += (f": val_accuracy={trial.value:.4f} "
                      f"test_accuracy={trial.user_attrs['test_accuracy']:.4f}")
-        elif trial.state.name == "PRUNED":
-            epoch = trial.last_step
-            line += f" after epoch {epoch}: val_accuracy={trial.intermediate_values[epoch]:.4f}"
+        elif trial.state == TrialState.PRUNED and trial.last_step is not None:
+            step = trial.last_step
+            line += f" after step {step}: val_accuracy={trial.intermediate_values[step]:.4f}"
         elif "error" in trial.user_attrs:
             line += f": {trial.user_attrs['error'].splitlines()[0][:200]}"
         try:
-            best = study.best_trial
+            best = self.study.best_trial
             line += f" | best: trial {best.number} val_accuracy={best.value:.4f}"
         except ValueError:
             pass
@@ -99,30 +184,55 @@ class Sweep:
 
     def drop_models(self, keep: int) -> None:
         """Delete the logged models of completed trials outside the best `keep` by
-        validation accuracy (their runs, metrics and curves stay)."""
+        validation accuracy (their runs, metrics and curves stay), except models that are
+        registered or chosen by a promotion. Safe to repeat and to run from many workers."""
         completed = sorted(self.study.get_trials(deepcopy=False, states=[
-            optuna.trial.TrialState.COMPLETE]), key=lambda t: (-t.value, t.number))
-        dropped = set(self.study.user_attrs.get(DROPPED_ATTR, []))
+            TrialState.COMPLETE]), key=lambda t: (-t.value, t.number))
         for trial in completed[keep:]:
-            if trial.number in dropped or "model_uri" not in trial.user_attrs:
+            if "model_uri" not in trial.user_attrs or trial.number in self._dropped:
                 continue
-            self.tracker.drop_model(trial.user_attrs["mlflow_run_id"],
-                                    trial.user_attrs["model_uri"])
-            dropped.add(trial.number)
-            self.study.set_user_attr(DROPPED_ATTR, sorted(dropped))
-            print(f"sweep: dropped the logged model of trial {trial.number} (keep_models = "
-                  f"{keep})", flush=True)
+            if self.tracker.drop_model(trial.user_attrs[RUN_ID_ATTR],
+                                       trial.user_attrs["model_uri"]):
+                print(f"sweep: dropped the logged model of trial {trial.number} (keep_models "
+                      f"= {keep})", flush=True)
+            self._dropped.add(trial.number)
 
-    def run(self, trials: int, timeout_seconds: float | None = None, workers: int = 1) -> None:
-        """Run exactly `trials` more trials (fewer if the time budget runs out), `workers`
-        trial processes at a time."""
+    def _work(self, slot: int) -> None:
+        while self.budget.take():
+            self.fail_dead_trials()
+            self.after_trial(self.trial(slot))
+
+    def run(self, trials: int, timeout_seconds: float | None = None,
+            slots: list[dict[str, str]] | None = None) -> None:
+        """Run exactly `trials` more trials (fewer if the time budget runs out), one at a
+        time per worker slot (each slot's trial processes get its environment, e.g. its
+        GPU). Ctrl-C (KeyboardInterrupt) ends every running trial as failed, then raises."""
         started = time.perf_counter()
-        self.processes = WarmProcessPool(trials, PRELOAD)
+        slots = slots or [{}]
+        self.budget = Budget(trials, timeout_seconds)
+        self._dropped: set[int] = set()
+        self.heartbeat = Heartbeat(lambda: open_storage(self.storage_url),
+                                   self.heartbeat_seconds)
+        self.processes = WarmProcesses(trials, PRELOAD, slots)
+        workers = [threading.Thread(target=self._work, args=(slot,), name=f"worker-{slot}")
+                   for slot in range(len(slots))]
         try:
-            self.study.optimize(self.objective, n_trials=trials, timeout=timeout_seconds,
-                                n_jobs=workers, catch=(Exception,),
-                                callbacks=[self.after_trial], gc_after_trial=False)
+            if self.in_process:
+                self._work(0)
+            for worker in workers if not self.in_process else ():
+                worker.start()
+            for worker in workers if not self.in_process else ():
+                while worker.is_alive():
+                    worker.join(0.5)
+        except KeyboardInterrupt:
+            self.budget.stop.set()
+            self.processes.kill()  # each worker's trial then ends as failed
+            for worker in workers:
+                if worker.is_alive():
+                    worker.join()
+            raise
         finally:
             self.processes.close()
+            self.heartbeat.close()
         print(f"sweep: {trials} trial(s) requested, done in "
               f"{time.perf_counter() - started:.0f}s", flush=True)

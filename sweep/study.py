@@ -18,23 +18,20 @@ from bertclf.errors import UserError
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE = "val_accuracy"  # what every study maximises (its name in optuna-dashboard)
 T = TypeVar("T")
-HEARTBEAT_SECONDS = 10  # a running trial's pulse; after 3 missed beats it counts as dead
-GRACE_BEATS = 3
-GRACE_SECONDS = GRACE_BEATS * HEARTBEAT_SECONDS  # with the default heartbeat
 
 
-def open_storage(url: str,
-                 heartbeat: int | None = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats (dead workers' trials are found and failed), or a
-    journal file for paths ending in .log/.journal."""
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage, or a journal file for paths ending in .log/.journal. Liveness is the
+    sweep's own (sweep.ownership), the same for every kind, so Optuna's heartbeat is off."""
     if url.endswith((".log", ".journal")) and "://" not in url:
         backend = optuna.storages.journal.JournalFileBackend(url)
         return optuna.storages.JournalStorage(backend)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    kwargs = ({"heartbeat_interval": heartbeat, "grace_period": GRACE_BEATS * heartbeat}
-              if heartbeat else {})
+    # SQLite waits up to a minute for a lock; pooled server connections are checked before
+    # use, so one dropped by the server (a restart, an idle timeout) is replaced, not failed.
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
+                     {"pool_pre_ping": True})
     return retry_schema_race(
-        lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs),
+        lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs),
         f"Optuna storage {url}", url)
 
 
@@ -134,7 +131,8 @@ def check_storage_exists(url: str) -> None:
 
 def load_existing_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Load a study by name (the only one if `name` is None); UserError if there is none."""
-    names = optuna.get_all_study_names(storage)
+    # A name with a colon is a study's companion (its promotion claims), not a user's study.
+    names = [n for n in optuna.get_all_study_names(storage) if ":" not in n]
     if name is None:
         if len(names) != 1:
             raise UserError("no study in the storage" if not names else

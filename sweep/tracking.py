@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from bertclf.config import TrainConfig
 from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
 from bertclf.encoder_map import get_encoder
+from sweep.ownership import retry
 from sweep.study import retry_schema_race
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -29,6 +30,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
 PARENT_WAIT_SECONDS = 30
 STATE_TAG = "optuna.trial_state"
+DROPPED_TAG = "model_dropped"  # on a run whose logged model was deleted (keep_models)
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 DATA_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
@@ -164,54 +166,34 @@ class Tracker:
         self.client.update_run(self.parent_run_id, status="RUNNING")
         self.client.set_tag(self.parent_run_id, "experiment_file", experiment_file)
 
-    @contextmanager
-    def child_run(self, name: str, params: dict, tags: dict[str, str],
-                  datasets: list[DatasetInput], state_tag: str | None = None
-                  ) -> Iterator[ChildRun]:
-        """A child run of the parent holding `params` and `datasets`, ended when the block
-        ends: finished, or failed with the error if the block raised (optuna.TrialPruned
-        ends it finished, as PRUNED). `state_tag` names a tag that gets the final state."""
+    def start_child_run(self, name: str, params: dict, tags: dict[str, str],
+                        datasets: list[DatasetInput]) -> ChildRun:
+        """A new child run of the parent holding `params` and `datasets`; end it with
+        `end_run`."""
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.parent_run_id, **tags})
         record = ChildRun(run.info.run_id)
         self.client.log_batch(record.run_id,
                               params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.log_inputs(record.run_id, datasets)
-        try:
-            yield record
-        except optuna.TrialPruned:
-            record.state = "PRUNED"
-            raise
-        except BaseException as e:
-            record.state, record.error = "FAIL", f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            if state_tag:
-                record.tags[state_tag] = record.state
-            self.end_run(record.run_id, record.state, record.error, record.tags)
+        # Workers starting together log the same datasets at once: the loser of MLflow's
+        # unique-key race finds them there when it tries again.
+        retry(lambda: self.client.log_inputs(record.run_id, datasets))
+        return record
 
-    @contextmanager
-    def trial_run(self, trial: optuna.Trial, config: TrainConfig,
-                  datasets: list[DatasetInput]) -> Iterator[ChildRun]:
-        """The child run of `trial`, named trial-N; its id and any error go to the trial."""
+    def start_trial_run(self, trial: optuna.Trial, config: TrainConfig,
+                        datasets: list[DatasetInput]) -> ChildRun:
+        """The child run of `trial`, named trial-N; its id goes to the trial."""
         tags = {"optuna.study": self.study.study_name, "optuna.trial_number": str(trial.number),
                 STATE_TAG: "RUNNING"}
         params = {**run_params(config), "trial_number": trial.number}
-        with self.child_run(f"trial-{trial.number}", params, tags, datasets,
-                            state_tag=STATE_TAG) as run:
-            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-            try:
-                yield run
-            except optuna.TrialPruned:
-                raise
-            except BaseException as e:
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
-                raise
+        run = self.start_child_run(f"trial-{trial.number}", params, tags, datasets)
+        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        return run
 
     def end_run(self, run_id: str, state: str, error: str | None = None,
                 tags: dict[str, str] | None = None) -> None:
-        """Close a child run with its final state (and error, and extra tags)."""
-        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        """Close a child run with its final Optuna state (and error, and extra tags)."""
+        run_tags = [RunTag(k, v) for k, v in {**(tags or {}), STATE_TAG: state}.items()]
         if error:
             run_tags.append(RunTag("error", error[:5000]))
         if run_tags:
@@ -230,20 +212,50 @@ class Tracker:
         log_metrics(self.client, self.parent_run_id, values, step=step)
         self.client.set_tag(self.parent_run_id, "best_trial", str(best.number))
 
-    def drop_model(self, run_id: str, model_uri: str) -> None:
+    def model_is_needed(self, run_id: str) -> str | None:
+        """Why the logged model of `run_id` must stay (registered, or the promoted one
+        `best` exports), or None."""
+        versions = self.client.search_model_versions(f"run_id = '{run_id}'")
+        if versions:
+            v = versions[0]
+            return f"registered as {v.name} version {v.version}"
+        promotion = self.study.user_attrs.get("promotion") or {}
+        if promotion.get("run_id") == run_id:
+            return "the promoted winner's model"
+        return None
+
+    def drop_model(self, run_id: str, model_uri: str) -> bool:
         """Delete a logged model's files from the artifact store (the run, its metrics and
-        curves stay) and tag the run so."""
+        curves stay) and tag the run `model_dropped`; a model that is registered or
+        promoted stays. Idempotent: a model already gone is no error. True if dropped now."""
+        from mlflow.exceptions import MlflowException
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(DROPPED_TAG) == "true":
+            return False
+        if self.model_is_needed(run_id):
+            return False
         model_id = model_uri.removeprefix("models:/")
-        location = self.client.get_logged_model(model_id).artifact_location
-        get_artifact_repository(location).delete_artifacts()
-        self.client.delete_logged_model(model_id)
-        self.client.set_tag(run_id, "model_dropped", "true")
+        try:
+            location = self.client.get_logged_model(model_id).artifact_location
+            get_artifact_repository(location).delete_artifacts()
+            self.client.delete_logged_model(model_id)
+        except MlflowException as e:  # deleted by another worker, or before an interrupt
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        self.client.set_tag(run_id, DROPPED_TAG, "true")
+        return True
 
     def close_parent(self, status: str = "FINISHED") -> None:
-        """Attach the study plots and end the parent run."""
+        """Attach the study plots and end the parent run, unless trials of the study are
+        still running (other workers'): then it stays RUNNING for the last to end it."""
         self._log_study_plots()
+        running = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+        if running:
+            print(f"sweep: {len(running)} trial(s) of the study still running elsewhere: its "
+                  "MLflow parent run stays RUNNING until the last of them ends", flush=True)
+            return
         self.client.set_terminated(self.parent_run_id, status)
 
     def _log_study_plots(self) -> None:
@@ -270,20 +282,22 @@ class Tracker:
             plt.close(figure)
 
     def reconcile(self) -> int:
-        """End as FAILED every trial's child run left RUNNING whose trial is no longer
-        running (a worker that died); returns how many were fixed."""
-        states = {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
+        """End as FAILED every trial's child run left RUNNING whose trial has finished (its
+        worker died); returns how many were fixed. Runs are read before trials: a trial
+        started in between has no run yet, and a run's trial is always read."""
         runs = self.client.search_runs(
-            [self.experiment_id],
+            [self.experiment_id], max_results=10000,
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' "
                           "and attributes.status = 'RUNNING'")
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         fixed = 0
         for run in runs:
-            if "optuna.trial_number" not in run.data.tags:
-                continue  # a promotion run: `promote` itself ends those
-            state = states.get(int(run.data.tags["optuna.trial_number"]), "FAIL")
-            if state != "RUNNING":
-                self.end_run(run.info.run_id, state, tags={STATE_TAG: state},
-                             error=run.data.tags.get("error") or "worker died during the trial")
-                fixed += 1
+            number = run.data.tags.get("optuna.trial_number")
+            trial = trials.get(int(number)) if number is not None else None
+            if trial is None or not trial.state.is_finished():
+                continue  # a promotion run (promote ends those), or a live trial
+            error = (trial.user_attrs.get("error") or "worker died during the trial"
+                     if trial.state.name == "FAIL" else None)
+            self.end_run(run.info.run_id, trial.state.name, error=error)
+            fixed += 1
         return fixed

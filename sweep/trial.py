@@ -1,13 +1,15 @@
-"""The work of one trial, in its own process or the sweep's: fine-tune, report every epoch
-(to Optuna for pruning, to MLflow as curves), then log metrics, curves and the model."""
+"""The work of one trial, in its own process or the sweep's: fine-tune, report every
+evaluation (to Optuna for pruning, to MLflow as curves), then log metrics, curves and the
+model."""
 
 from __future__ import annotations
 
-import resource
+import os
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import optuna
@@ -15,80 +17,113 @@ import optuna
 from bertclf.datasets import Dataset
 
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
-PIP_REQUIREMENTS = ["tensorflow==2.21.0", "tensorflow-text==2.21.1", "pandas", "numpy"]
+# What a logged model needs to load: the versions this trial ran with.
+PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("tensorflow", "tensorflow-text")] + [
+    "pandas", "numpy"]
 # What a trial process imports before its job arrives (TensorFlow above all).
 PRELOAD = ("mlflow", "bertclf.artifacts", "bertclf.train")
 
 
+class PrunedAt(optuna.TrialPruned):
+    """The pruner stopped the trial after evaluation `step` (in epoch `epoch`)."""
+
+    def __init__(self, step: int, epoch: float):
+        super().__init__(f"pruned after step {step} (epoch {epoch:g})")
+        self.step, self.epoch = step, epoch
+
+    def __reduce__(self):  # arrives in the sweep's process as itself
+        return type(self), (self.step, self.epoch)
+
+
+class TrialLost(RuntimeError):
+    """The trial was ended in the study by another process (its owner was taken for dead);
+    this process stops training it and logs no model."""
+
+
+@dataclass(frozen=True)
+class TrialAddress:
+    """Where a trial process reports: the Optuna trial by study and number, and the pruner."""
+
+    storage_url: str
+    study_name: str
+    trial_number: int
+    pruner: object | None = None  # the experiment's sweep.experiment.Pruner; None: never prune
+    max_resource: int = 1  # the most evaluation steps a trial may run (Hyperband's resource)
+
+
 @dataclass
 class TrialJob:
-    """Everything a trial process needs: no live objects, so it pickles. With a study and
-    trial id, each epoch's validation accuracy goes to that Optuna trial, which may prune."""
+    """Everything a trial process needs: no live objects, so it pickles. With an address,
+    each evaluation's validation accuracy goes to that Optuna trial, which may prune."""
 
     config: dict
     dataset: Dataset
     run_id: str
     tracking_uri: str
-    storage_url: str | None = None
-    study_name: str | None = None
-    trial_id: int | None = None
-    pruner: object | None = None  # the experiment's sweep.experiment.Pruner; None: never prune
-    max_epochs: int = 1
+    trial: TrialAddress | None = None
 
 
 def _peak_rss_mb() -> float:
-    """This process's own peak resident memory (ru_maxrss would include the peak of the
-    parent it was spawned from)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak resident memory (VmHWM: ru_maxrss would include the peak of
+    the parent it was spawned from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def _callbacks(job: TrialJob, trial: optuna.Trial | None, started: float):
-    """Keras callbacks: per-epoch curves to the run (step = epoch, from 1), the trial's
-    start-up time, and the epoch's validation accuracy to Optuna (same step), which prunes."""
-    import tensorflow as tf
-    from mlflow.tracking import MlflowClient
+class LogCurves:
+    """Each evaluation's metrics to the MLflow run, at the evaluation's step."""
 
-    from sweep.tracking import log_metrics
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(job.tracking_uri)
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
 
-    class EpochReport(tf.keras.callbacks.Callback):
-        startup_seconds = float("nan")
-        pruned_at_epoch: int | None = None
+    def __call__(self, step: int, logs: dict) -> None:
+        from sweep.tracking import log_metrics
 
-        def on_train_begin(self, logs=None):
-            self.startup_seconds = time.perf_counter() - started
-
-        def on_epoch_end(self, epoch, logs=None):
-            log_metrics(client, job.run_id, logs or {}, step=epoch + 1)
-            if trial is None:
-                return
-            trial.report(float(logs["val_accuracy"]), step=epoch + 1)
-            if trial.should_prune():
-                self.pruned_at_epoch = epoch + 1
-                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-
-    return client, EpochReport()
+        log_metrics(self.client, self.run_id,
+                    {k: v for k, v in logs.items() if isinstance(v, int | float)}, step=step)
 
 
-def _optuna_trial(job: TrialJob) -> optuna.Trial | None:
-    """The job's Optuna trial, reopened with the experiment's pruner."""
-    if job.trial_id is None:
-        return None
-    from sweep.study import make_pruner, open_storage
+class ReportAndPrune:
+    """Each evaluation's validation accuracy to the Optuna trial (same step as MLflow's);
+    raises PrunedAt when the experiment's pruner says stop, TrialLost when the trial was
+    ended elsewhere. Only Optuna's public storage API is used."""
 
-    pruner = (make_pruner(job.pruner, job.max_epochs) if job.pruner is not None
-              else optuna.pruners.NopPruner())
-    study = optuna.load_study(study_name=job.study_name,
-                              storage=open_storage(job.storage_url, heartbeat=None),
-                              pruner=pruner)
-    return optuna.trial.Trial(study, job.trial_id)
+    def __init__(self, address: TrialAddress):
+        from sweep.study import make_pruner, open_storage
+
+        self.storage = open_storage(address.storage_url)
+        pruner = (make_pruner(address.pruner, address.max_resource) if address.pruner
+                  else optuna.pruners.NopPruner())
+        self.study = optuna.load_study(study_name=address.study_name, storage=self.storage,
+                                       pruner=pruner)
+        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(address.study_name), address.trial_number)
+
+    def __call__(self, step: int, logs: dict) -> None:
+        from sweep.ownership import retry
+
+        value = float(logs["val_accuracy"])
+        try:
+            retry(lambda: self.storage.set_trial_intermediate_value(self.trial_id, step, value))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise self.lost() from None
+        if self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
+            raise PrunedAt(step, float(logs.get("epoch", step)))
+
+    def lost(self) -> TrialLost:
+        trial = self.storage.get_trial(self.trial_id)
+        why = trial.user_attrs.get("error", "")
+        return TrialLost(f"the trial was ended as {trial.state.name} elsewhere while it "
+                         f"trained{f' ({why})' if why else ''}")
+
+    def check_running(self) -> None:
+        """Raise TrialLost if the trial is no longer running (before its model is logged)."""
+        if self.storage.get_trial(self.trial_id).state.is_finished():
+            raise self.lost()
 
 
 def _log_model(job: TrialJob, saved_model: Path) -> str:
@@ -105,33 +140,46 @@ def _log_model(job: TrialJob, saved_model: Path) -> str:
     return info.model_uri
 
 
-def run_job(job: TrialJob, trial: optuna.Trial | None = None) -> dict:
-    """Train the job's config, reporting every epoch, and log everything to its run. Returns
-    the outcome: {"pruned_at_epoch": N} for a pruned trial, else the run's metrics and its
-    model's URI. `trial` is the live Optuna trial in the sweep's own process."""
-    started = time.perf_counter()
+def run_job(job: TrialJob) -> dict:
+    """Train the job's config, reporting every evaluation, and log everything to its run.
+    Returns the run's metrics and its model's URI; raises PrunedAt if the pruner stopped it,
+    TrialLost if the trial was ended elsewhere."""
+    arrived = time.perf_counter()
+    import tensorflow as tf
+
     from bertclf.artifacts import save_run
     from bertclf.config import TrainConfig
     from bertclf.train import train
     from sweep.tracking import log_metrics
 
-    trial = trial or _optuna_trial(job)
-    client, report = _callbacks(job, trial, started)
-    try:
-        result = train(TrainConfig(**job.config), dataset=job.dataset, callbacks=[report])
-    except optuna.TrialPruned:
-        return {"pruned_at_epoch": report.pruned_at_epoch}
+    curves = LogCurves(job.tracking_uri, job.run_id)
+    report = ReportAndPrune(job.trial) if job.trial else None
 
+    def on_evaluation(step: int, logs: dict) -> None:
+        curves(step, logs)
+        if report:
+            report(step, logs)
+
+    fit_started = []  # the trial's start-up ends where its first training step begins
+    startup = tf.keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: fit_started.append(time.perf_counter()))
+    result = train(TrainConfig(**job.config), dataset=job.dataset, callbacks=[startup],
+                   on_evaluation=on_evaluation)
     outcome = {"best_val_accuracy": result.val_accuracy, "best_val_loss": result.val_loss,
                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "startup_seconds": report.startup_seconds, "peak_rss_mb": _peak_rss_mb()}
-    log_metrics(client, job.run_id, outcome)  # the per-epoch curves are logged with steps
-    for name, value in result.hardware.items():
+               "startup_seconds": fit_started[0] - arrived, "peak_rss_mb": _peak_rss_mb()}
+    client = curves.client
+    log_metrics(client, job.run_id, outcome)  # the curves were logged with their steps
+    hardware = {**result.hardware, "cuda_visible_devices": os.environ.get(
+        "CUDA_VISIBLE_DEVICES", "")}
+    for name, value in hardware.items():
         client.set_tag(job.run_id, f"hardware.{name}", str(value))
     with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
         paths = save_run(result, tmp)
         for name in ("metrics", "curves"):
             client.log_artifact(job.run_id, str(paths[name]))
+        if report:
+            report.check_running()
         outcome["model_uri"] = _log_model(job, paths["saved_model"])
     return outcome
