@@ -16,7 +16,7 @@ from bertclf.config import TrainConfig
 from bertclf.datasets import Dataset
 from bertclf.encoder_map import EncoderSpec
 from bertclf.tokens import token_ids
-from sweep.trial import TrialJob
+from sweep.trial import TrialAddress, TrialJob
 
 
 def trial_config(ctx: Context, epochs: int) -> dict:
@@ -46,7 +46,7 @@ class Stores:
         self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         self.storage_url = f"sqlite:///{root / 'optuna.db'}"
         self.study = optuna.create_study(study_name="bench", direction="maximize",
-                                         storage=open_storage(self.storage_url, heartbeat=None),
+                                         storage=open_storage(self.storage_url),
                                          pruner=optuna.pruners.NopPruner())
         self.client = MlflowClient(self.tracking_uri)
         self.experiment_id = self.client.create_experiment(
@@ -58,13 +58,13 @@ class Stores:
         trial = self.study.ask()
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}")
         self.trials[run.info.run_id] = trial
+        address = TrialAddress(self.storage_url, self.study.study_name, trial.number)
         return TrialJob(config=config, dataset=dataset, run_id=run.info.run_id,
-                        tracking_uri=self.tracking_uri, storage_url=self.storage_url,
-                        study_name=self.study.study_name, trial_id=trial._trial_id)
+                        tracking_uri=self.tracking_uri, trial=address)
 
     def finish(self, job: TrialJob, outcome: dict | None = None) -> None:
         """Complete the trial (with its validation accuracy if known) and end its run."""
-        value = (outcome or {}).get("best_val_accuracy", (outcome or {}).get("val_accuracy", 0.0))
+        value = (outcome or {}).get("best_val_accuracy", 0.0)
         self.study.tell(self.trials.pop(job.run_id), value)
         self.client.set_terminated(job.run_id)
 

@@ -81,10 +81,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _open_tracker(tracking_uri: str, study, storage, grace: float, created: bool = False):
     """The study's MLflow tracker, after failing what dead workers left behind."""
-    from sweep.ownership import fail_dead_trials
+    from sweep.runner import requeue_dead_trials
     from sweep.tracking import Tracker
 
-    fail_dead_trials(study, storage, grace)
+    requeue_dead_trials(study, storage, grace)
     tracker = Tracker(tracking_uri, study, created)
     fixed = tracker.reconcile()
     if fixed:

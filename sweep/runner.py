@@ -48,6 +48,17 @@ def load_experiment_data(experiment: Experiment, **fidelity) -> Dataset:
     return dataset
 
 
+def requeue_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        grace_seconds: float) -> None:
+    """Fail the trials of dead workers (saying why) and queue their parameters again, so
+    the next trial a worker asks for re-runs them."""
+    for trial in fail_dead_trials(study, storage, grace_seconds):
+        print(f"trial {trial.number} FAIL: {trial.user_attrs.get('error')}; its parameters "
+              "are queued again", flush=True)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+
 class Budget:
     """Exactly `trials` trials, handed out to worker threads one at a time, none started
     after the deadline or once `stop` is set."""
@@ -91,12 +102,7 @@ class Sweep:
         self.budget = Budget(0, None)
 
     def fail_dead_trials(self) -> None:
-        """Fail the trials of dead workers (saying why) and queue their parameters again."""
-        for trial in fail_dead_trials(self.study, self.storage, self.grace_seconds):
-            print(f"trial {trial.number} FAIL: {trial.user_attrs.get('error')}; "
-                  "its parameters are queued again", flush=True)
-            if trial.params:
-                self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+        requeue_dead_trials(self.study, self.storage, self.grace_seconds)
 
     def trial(self, slot: int) -> optuna.trial.FrozenTrial:
         """Ask for a trial, run it and tell its result; the MLflow run ends as the study

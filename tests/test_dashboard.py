@@ -12,7 +12,7 @@ TRIALS = {0.002: 0.75, 0.004: 0.8125}  # lr -> val_accuracy
 
 def make_study(storage_url: str) -> None:
     """A sweep's study (through `open_study`) with two finished trials, one epoch each."""
-    study, created = open_study(STUDY, open_storage(storage_url, heartbeat=None),
+    study, created = open_study(STUDY, open_storage(storage_url),
                                 pruner=optuna.pruners.NopPruner())
     assert created
     for lr, accuracy in TRIALS.items():

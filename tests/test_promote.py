@@ -137,7 +137,6 @@ def test_keep_models_drops_the_rest_but_not_promoted_models(promoted):
     client = client_for(folder)
     completed = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
                        key=lambda t: (-t.value, t.number))
-    assert sorted(study.user_attrs["dropped_models"]) == sorted(t.number for t in completed[1:])
     for trial in completed:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         model_id = trial.user_attrs["model_uri"].removeprefix("models:/")

@@ -146,11 +146,22 @@ def trial_job(folder: Path, **overrides) -> TrialJob:
 
 
 def test_nan_loss_fails_the_trial_with_the_reason(tmp_path):
-    """A trial process whose loss turns NaN reports why (the sweep records any trial
-    failure in both stores: test_sweep.py's failing trial)."""
+    """A trial process whose loss turns NaN reports why, its TrainingError arriving in the
+    sweep as itself (the sweep records any trial failure in both stores: test_sweep.py's
+    failing trial)."""
+    from bertclf.errors import TrainingError
+
     job = trial_job(tmp_path, lr=1e9, lr_schedule="constant")
-    with pytest.raises(ChildFailed, match="TrainingError: training loss became NaN"):
+    with pytest.raises(TrainingError, match="training loss became NaN"):
         ChildProcess(PRELOAD).call(run_job, job)
+
+
+def test_a_dead_trial_process_is_a_child_failed_with_its_signal():
+    """A process that dies without answering (the OOM killer's SIGKILL) is ChildFailed."""
+    process = ChildProcess()
+    process.process.kill()
+    with pytest.raises(ChildFailed, match="SIGKILL"):
+        process.call(print, "never")
 
 
 FILE_SIZE_LIMIT = """

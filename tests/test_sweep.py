@@ -41,10 +41,8 @@ from sweep_helpers import (
 )
 
 from bertclf import accel
-from sweep.study import GRACE_BEATS
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-HEARTBEAT = 2  # seconds: a killed worker's trial is found dead 3 beats later
 
 
 # --- the shared sweep ----------------------------------------------------------------------
@@ -473,7 +471,7 @@ def killed(stop_folder) -> Killed:
     """A sweep killed with SIGKILL (no chance to clean up) while its trial runs."""
     before = len(load_study(stop_folder, "stop").trials)
     sweep = Background(stop_folder, "run", "--trials", 2, "--experiment", "exp.toml",
-                       "--study", "stop", "--heartbeat", HEARTBEAT)
+                       "--study", "stop")
     sweep.wait_for_line(f"trial {before} started:")
     deadline = time.monotonic() + 60
     while f"trial-{before}" not in mlflow_runs(stop_folder, "stop").running():
@@ -528,24 +526,24 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     assert mlflow_runs(tmp_path, "failing").running() == []
 
 
-def test_next_run_fails_the_killed_trial_and_continues(killed):
-    """Once the dead trial's heartbeat is GRACE_BEATS beats old, the next `run` fails it in
-    Optuna and in MLflow, then continues the study (checked here in --in-process mode).
-
-    A run started within the grace period must leave it alone (it could belong to a live
-    worker elsewhere), so this waits out what is left of the grace period; the tests that
-    come before it in this file usually use it up.
-    """
-    time.sleep(max(0.0, killed.at + GRACE_BEATS * HEARTBEAT + 1 - time.monotonic()))
+def test_next_run_fails_the_killed_trial_and_reruns_it(killed):
+    """The dead worker ran on this host and its process is gone, so the next `run` fails its
+    trial at once, in Optuna and in MLflow, saying why, and re-runs its parameters as its
+    one trial (checked here in --in-process mode)."""
     result = sweep_cli(killed.folder, "run", "--trials", 1, "--experiment", "exp.toml",
-                       "--study", "stop", "--in-process", "--heartbeat", HEARTBEAT)
+                       "--study", "stop", "--in-process")
     assert result.returncode == 0, explain(result)
     assert "ended 1 run(s) left RUNNING" in result.stdout, result.stdout
     number = killed.number
+    assert f"trial {number} FAIL: worker died: its worker (pid" in result.stdout
     study = load_study(killed.folder, "stop")
     assert [t.number for t in study.trials] == list(range(number + 2))
     assert study.trials[number].state.name == "FAIL"
-    assert study.trials[number + 1].state.name == "COMPLETE"
+    assert "is gone" in study.trials[number].user_attrs["error"]
+    rerun = study.trials[number + 1]
+    assert rerun.state.name == "COMPLETE"
+    assert rerun.params == study.trials[number].params
+    assert rerun.user_attrs["sweep.retry_of"] == number
     runs = mlflow_runs(killed.folder, "stop")
     assert runs.running() == []
     dead = runs.by_name()[f"trial-{number}"]
