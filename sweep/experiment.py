@@ -178,8 +178,10 @@ def _parse_pruner(path: Path, value: Any) -> Pruner:
 
 
 def _parse_sampler(path: Path, value: Any, space: dict[str, Any]) -> Sampler:
-    """The sampler, checked now: its settings, the module it needs, and for CMA-ES a space
-    without categorical dimensions (Optuna would sample those at random, one by one)."""
+    """The sampler, checked now: its settings, and for CMA-ES a space without categorical
+    dimensions (Optuna would sample those at random, one by one). Whether the module it needs
+    is installed is load_experiment's check: `promote` re-parses a study's text on hosts that
+    never sample."""
     from sweep.study import SAMPLERS, make_sampler
 
     sampler = Sampler(*_parse_kind(path, "sampler", value, SAMPLERS))
@@ -188,7 +190,7 @@ def _parse_sampler(path: Path, value: Any, space: dict[str, Any]) -> Sampler:
         raise _fail(path, f"study.sampler: cmaes cannot search categorical dimensions "
                     f"({', '.join(categorical)}); use tpe, or fix them to one value")
     try:
-        make_sampler(sampler, 0)
+        make_sampler(sampler, 0, check_installed=False)
     except (UserError, TypeError, ValueError) as e:
         raise _fail(path, f"study.sampler: {e}") from None
     return sampler
@@ -207,10 +209,18 @@ def _parse_promotion(path: Path, table: Any) -> Promotion:
 
 
 def load_experiment(path: str | Path, data_override: str | None = None) -> Experiment:
-    """Read and check an experiment file; `data_override` replaces its data path."""
+    """Read and check an experiment file for a sweep to run (its sampler's module installed
+    here); `data_override` replaces its data path."""
     path = Path(path)
+    from sweep.study import check_sampler_installed
+
     text = parse_file(path, str, "TOML", lambda reason: _fail(path, reason))
-    return parse_experiment(text, path.resolve(), data_override)
+    experiment = parse_experiment(text, path.resolve(), data_override)
+    try:
+        check_sampler_installed(experiment.sampler)
+    except UserError as e:
+        raise _fail(experiment.path, f"study.sampler: {e}") from None
+    return experiment
 
 
 def parse_experiment(text: str, path: Path, data_override: str | None = None) -> Experiment:

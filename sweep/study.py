@@ -99,9 +99,9 @@ def make_pruner(pruner, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 # Sampler kind -> its Optuna class, our defaults, the settings an experiment may give (with
-# their types), and the module it needs that Optuna does not install. TPE always lies
-# constantly about running trials: any storage may be shared by several commands, and the lie
-# costs nothing when trials run one at a time.
+# their types), and the module it needs that Optuna does not install. TPE always uses the
+# constant liar (running trials count as bad, so parallel workers spread out): any storage may
+# be shared by several commands, and the lie costs nothing when trials run one at a time.
 SAMPLERS = {
     "tpe": (optuna.samplers.TPESampler, {"constant_liar": True, "multivariate": True},
             {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool,
@@ -116,11 +116,12 @@ SAMPLERS = {
 }
 
 
-def make_sampler(sampler, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler, seed: int,
+                 check_installed: bool = True) -> optuna.samplers.BaseSampler:
     """The experiment's sampler (its `kind` and `settings`) seeded with `seed`. UserError for a
-    setting it does not take, a value of the wrong type, or a module it needs that is not
-    installed here (Optuna would only fail at the first trial)."""
-    cls, defaults, allowed, needs = SAMPLERS[sampler.kind]
+    setting it does not take, a value of the wrong type, or (`check_installed`) a module it
+    needs that is not installed here: Optuna would only fail at the first trial."""
+    cls, defaults, allowed, _ = SAMPLERS[sampler.kind]
     for key, value in sampler.settings.items():
         if key not in allowed:
             listed = ", ".join(sorted(allowed)) or "none"
@@ -131,10 +132,17 @@ def make_sampler(sampler, seed: int) -> optuna.samplers.BaseSampler:
                 kind is not bool and isinstance(value, bool)):
             raise UserError(f"sampler {sampler.kind}: {key} = {value!r} is not of type "
                             f"{kind.__name__}")
+    if check_installed:
+        check_sampler_installed(sampler)
+    return cls(seed=seed, **{**defaults, **sampler.settings})
+
+
+def check_sampler_installed(sampler) -> None:
+    """UserError if the sampler needs a module (gp: torch, cmaes: cmaes) not installed here."""
+    needs = SAMPLERS[sampler.kind][3]
     if needs and importlib.util.find_spec(needs) is None:
         raise UserError(f"sampler {sampler.kind} needs the {needs} package, which is not "
                         f"installed here (pip install {needs}), or choose another sampler")
-    return cls(seed=seed, **{**defaults, **sampler.settings})
 
 
 def name_objective(study: optuna.Study) -> None:

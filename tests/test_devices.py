@@ -163,6 +163,7 @@ def test_impossible_slots_are_user_errors(gpus, workers, per_trial, per_gpu, fra
     (["--gpus", "0", "--workers", "2"], "--workers 2 is more than"),
     (["--gpus-per-trial", "0"], "--gpus-per-trial must be at least 1"),
     (["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
+    (["--in-process", "--workers", "2"], "--in-process runs one trial at a time"),
 ])
 def test_bad_device_flags_exit_2_before_anything_is_written(tmp_path, monkeypatch, capsys,
                                                             args, fragment):

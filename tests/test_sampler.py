@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from bertclf.errors import UserError
-from sweep.experiment import Sampler, load_experiment
+from sweep.experiment import Sampler, load_experiment, parse_experiment
 from sweep.study import make_sampler, open_storage, open_study
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0),
@@ -91,7 +91,7 @@ def test_a_sampler_whose_package_is_missing_is_refused(monkeypatch, kind, module
     assert f"sampler {kind} needs the {module} package" in message and "\n" not in message
 
 
-def test_missing_package_is_refused_when_the_experiment_loads(tmp_path, monkeypatch):
+def test_missing_package_is_refused_when_a_sweep_loads_the_file(tmp_path, monkeypatch):
     (tmp_path / "data.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tneg\n")
     path = tmp_path / "gp.toml"
     path.write_text('[data]\npath = "data.tsv"\n\n[search]\nencoder = "tiny"\nseq_len = 32\n'
@@ -103,3 +103,6 @@ def test_missing_package_is_refused_when_the_experiment_loads(tmp_path, monkeypa
     assert str(caught.value) == (f"experiment {path}: study.sampler: sampler gp needs the torch "
                                  "package, which is not installed here (pip install torch), or "
                                  "choose another sampler")
+    # `promote` re-parses the study's copy of the file and never samples: no torch needed
+    parsed = parse_experiment(path.read_text(), path)
+    assert parsed.sampler == Sampler("gp", {"n_startup_trials": 4})
