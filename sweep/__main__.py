@@ -37,13 +37,30 @@ def _liveness(parser: argparse.ArgumentParser) -> None:
                              "trial is failed as soon as its worker process is gone")
 
 
+def _worker_slots(args: argparse.Namespace, workers: int | None) -> list[dict[str, str]]:
+    """The worker slots of `sweep run`: --gpus as given (a scheduler's ids may not be visible
+    here: one warning line then), else every GPU found here."""
+    from sweep.devices import describe_slots, detect_gpus, parse_gpus, worker_slots
+
+    found = detect_gpus()
+    gpus = found if args.gpus is None else parse_gpus(args.gpus)
+    if gpus and not found:
+        print(f"sweep: warning: no GPU found here (CUDA_VISIBLE_DEVICES, nvidia-smi); --gpus "
+              f"{args.gpus} is taken as given, TensorFlow runs on the CPU where it finds none",
+              file=sys.stderr, flush=True)
+    slots = worker_slots(gpus, workers, args.gpus_per_trial, args.trials_per_gpu)
+    print(f"sweep: {describe_slots(slots)}", flush=True)
+    return slots
+
+
 def _run(args: argparse.Namespace) -> int:
     from sweep.experiment import drop_unreachable_encoders, load_experiment
     from sweep.runner import Sweep, load_experiment_data
     from sweep.study import make_pruner, open_storage, open_study
 
-    if args.workers > 1 and args.in_process:
+    if args.in_process and (args.workers or 1) > 1:
         raise UserError("--in-process runs one trial at a time: drop --workers")
+    slots = _worker_slots(args, 1 if args.in_process else args.workers)
     # Bad input is found before anything is written.
     experiment = load_experiment(args.experiment, data_override=args.data)
     dropped = drop_unreachable_encoders(experiment)
@@ -56,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     storage = open_storage(args.storage)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
-                                pruner=make_pruner(experiment.pruner, experiment.max_epochs))
+                                pruner=make_pruner(experiment.pruner, experiment.max_epochs),
+                                sampler=experiment.sampler)
     study.set_user_attr(EXPERIMENT_ATTR, {"path": str(experiment.path), "text": experiment.text,
                                           "data_override": experiment.data_override})
     tracker = _open_tracker(args.tracking_uri, study, storage, args.grace, created)
@@ -72,7 +90,6 @@ def _run(args: argparse.Namespace) -> int:
     if dropped:
         tracker.client.set_tag(tracker.parent_run_id, "dropped_encoders", "; ".join(
             f"{name}: {why}" for name, why in dropped.items()))
-    slots = [{} for _ in range(args.workers)]
     code = _until_done(tracker, lambda: sweep.run(trials, timeout, slots=slots))
     if code == 0:
         _print_best(study, tracker.ui_link())
@@ -250,8 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data path overriding the experiment's")
     run.add_argument("--timeout", type=float, help="time budget in minutes")
     run.add_argument("--seed", type=int, help="sampler seed")
-    run.add_argument("--workers", type=int, default=1,
-                     help="trial processes running at once (the --trials total is exact)")
+    run.add_argument("--workers", type=int,
+                     help="trial processes running at once (the --trials total is exact; "
+                          "default: one per worker slot the GPUs give, 1 without GPUs)")
+    run.add_argument("--gpus", metavar="LIST",
+                     help="GPU ids for the trials, e.g. 0,1,2,3, or none (default: every GPU "
+                          "found here); taken as given, even where none is found")
+    run.add_argument("--gpus-per-trial", type=int, default=1, metavar="N",
+                     help="GPUs each trial process is given (default 1)")
+    run.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
+                     help="trial processes sharing one GPU group (default 1)")
     _liveness(run)
     run.add_argument("--in-process", action="store_true",
                      help="run trials in this process (debugging; memory grows)")
@@ -293,9 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
-    for flag in ("trials", "workers", "heartbeat", "top", "seeds"):
+    for flag in ("trials", "workers", "heartbeat", "top", "seeds", "gpus_per_trial",
+                 "trials_per_gpu"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
-            print(f"sweep: error: --{flag} must be at least 1", file=sys.stderr)
+            print(f"sweep: error: --{flag.replace('_', '-')} must be at least 1",
+                  file=sys.stderr)
             return 2
     return run_command("sweep", lambda: args.run(args))
 

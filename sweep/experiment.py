@@ -1,5 +1,5 @@
-"""Experiment files: the data, the search space, the budget, the pruner and the promotion stage
-of a sweep (README, "Experiment files", shows every key)."""
+"""Experiment files: the data, the search space, the budget, the pruner, the sampler and the
+promotion stage of a sweep (README, "Experiment files", shows every key)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from bertclf.errors import UserError, parse_file
 
 DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
              "max_test_examples", "text_column", "label_column", "val_fraction", "split_seed"}
-STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler_seed", "name", "keep_models"}
+STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler", "sampler_seed", "name",
+              "keep_models"}
 # The full-fidelity stage: how many configurations, how many seeds, and what changes.
 PROMOTE_FIDELITY = {"epochs", "patience", "seq_len", "max_examples", "max_train_examples",
                     "max_val_examples", "max_test_examples"}
@@ -42,6 +43,14 @@ class Pruner:
 
 
 @dataclass(frozen=True)
+class Sampler:
+    """Which Optuna sampler proposes the trials' configurations, and its settings."""
+
+    kind: str = "tpe"
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Promotion:
     """The promotion stage: the `top` configurations re-trained with `seeds` seeds each, with
     `fidelity` (data caps, epochs) replacing the search's values."""
@@ -62,6 +71,7 @@ class Experiment:
     trials: int = 10
     timeout_minutes: float | None = None
     pruner: Pruner = field(default_factory=Pruner)
+    sampler: Sampler = field(default_factory=Sampler)
     sampler_seed: int = 0
     study_name: str = ""
     keep_models: int | None = None  # None: keep every trial's logged model
@@ -150,17 +160,40 @@ def _check_values(path: Path, experiment: Experiment) -> None:
             raise _fail(path, f"promote.{name} = {value!r}: {e}") from None
 
 
-def _parse_pruner(path: Path, value: Any) -> Pruner:
-    from sweep.study import PRUNERS
-
+def _parse_kind(path: Path, key: str, value: Any, kinds: dict) -> tuple[str, dict]:
+    """study.pruner or study.sampler: a kind's name, or a table of its kind and settings."""
     if isinstance(value, str):
         value = {"kind": value}
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
-        raise _fail(path, 'study.pruner must be a name or a table with kind = "..."')
-    settings = {k: v for k, v in value.items() if k != "kind"}
-    if value["kind"] not in PRUNERS:
-        raise _fail(path, f"study.pruner must be one of {', '.join(PRUNERS)}")
-    return Pruner(value["kind"], settings)
+        raise _fail(path, f'study.{key} must be a name or a table with kind = "..."')
+    if value["kind"] not in kinds:
+        raise _fail(path, f"study.{key} must be one of {', '.join(kinds)}")
+    return value["kind"], {k: v for k, v in value.items() if k != "kind"}
+
+
+def _parse_pruner(path: Path, value: Any) -> Pruner:
+    from sweep.study import PRUNERS
+
+    return Pruner(*_parse_kind(path, "pruner", value, PRUNERS))
+
+
+def _parse_sampler(path: Path, value: Any, space: dict[str, Any]) -> Sampler:
+    """The sampler, checked now: its settings, and for CMA-ES a space without categorical
+    dimensions (Optuna would sample those at random, one by one). Whether the module it needs
+    is installed is load_experiment's check: `promote` re-parses a study's text on hosts that
+    never sample."""
+    from sweep.study import SAMPLERS, make_sampler
+
+    sampler = Sampler(*_parse_kind(path, "sampler", value, SAMPLERS))
+    categorical = sorted(name for name, dim in space.items() if isinstance(dim, list))
+    if sampler.kind == "cmaes" and categorical:
+        raise _fail(path, f"study.sampler: cmaes cannot search categorical dimensions "
+                    f"({', '.join(categorical)}); use tpe, or fix them to one value")
+    try:
+        make_sampler(sampler, 0, check_installed=False)
+    except (UserError, TypeError, ValueError) as e:
+        raise _fail(path, f"study.sampler: {e}") from None
+    return sampler
 
 
 def _parse_promotion(path: Path, table: Any) -> Promotion:
@@ -176,10 +209,18 @@ def _parse_promotion(path: Path, table: Any) -> Promotion:
 
 
 def load_experiment(path: str | Path, data_override: str | None = None) -> Experiment:
-    """Read and check an experiment file; `data_override` replaces its data path."""
+    """Read and check an experiment file for a sweep to run (its sampler's module installed
+    here); `data_override` replaces its data path."""
     path = Path(path)
+    from sweep.study import check_sampler_installed
+
     text = parse_file(path, str, "TOML", lambda reason: _fail(path, reason))
-    return parse_experiment(text, path.resolve(), data_override)
+    experiment = parse_experiment(text, path.resolve(), data_override)
+    try:
+        check_sampler_installed(experiment.sampler)
+    except UserError as e:
+        raise _fail(experiment.path, f"study.sampler: {e}") from None
+    return experiment
 
 
 def parse_experiment(text: str, path: Path, data_override: str | None = None) -> Experiment:
@@ -211,6 +252,7 @@ def parse_experiment(text: str, path: Path, data_override: str | None = None) ->
                             trials=study.get("trials", 10),
                             timeout_minutes=study.get("timeout_minutes"),
                             pruner=_parse_pruner(path, study.get("pruner", "hyperband")),
+                            sampler=_parse_sampler(path, study.get("sampler", "tpe"), space),
                             sampler_seed=study.get("sampler_seed", 0),
                             study_name=study.get("name", path.stem),
                             keep_models=study.get("keep_models"),

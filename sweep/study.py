@@ -1,9 +1,11 @@
-"""The Optuna side: storage (SQLite file by default, RDB URL or journal file), study, pruner."""
+"""The Optuna side: storage (SQLite file by default, RDB URL or journal file), study, pruner,
+sampler."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import itertools
 import time
 import warnings
@@ -93,6 +95,53 @@ def make_pruner(pruner, max_epochs: int) -> optuna.pruners.BasePruner:
     return cls(**settings)
 
 
+# Sampler kind -> its Optuna class, our defaults, the settings an experiment may give (with
+# their types), and the module it needs that Optuna does not install. TPE always uses the
+# constant liar (running trials count as bad, so parallel workers spread out): any storage may
+# be shared by several commands, and the lie costs nothing when trials run one at a time.
+SAMPLERS = {
+    "tpe": (optuna.samplers.TPESampler, {"constant_liar": True, "multivariate": True},
+            {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool,
+             "group": bool}, None),
+    "random": (optuna.samplers.RandomSampler, {}, {}, None),
+    "gp": (optuna.samplers.GPSampler, {}, {"n_startup_trials": int,
+                                           "deterministic_objective": bool}, "torch"),
+    "cmaes": (optuna.samplers.CmaEsSampler, {},
+              {"n_startup_trials": int, "sigma0": float, "popsize": int,
+               "consider_pruned_trials": bool, "use_separable_cma": bool, "with_margin": bool,
+               "lr_adapt": bool}, "cmaes"),
+}
+
+
+def make_sampler(sampler, seed: int,
+                 check_installed: bool = True) -> optuna.samplers.BaseSampler:
+    """The experiment's sampler (its `kind` and `settings`) seeded with `seed`. UserError for a
+    setting it does not take, a value of the wrong type, or (`check_installed`) a module it
+    needs that is not installed here: Optuna would only fail at the first trial."""
+    cls, defaults, allowed, _ = SAMPLERS[sampler.kind]
+    for key, value in sampler.settings.items():
+        if key not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none"
+            raise UserError(f"sampler {sampler.kind} has no setting {key!r} (settings: "
+                            f"{listed}; the seed is study.sampler_seed)")
+        kind = allowed[key]
+        if not isinstance(value, (int, float) if kind is float else kind) or (
+                kind is not bool and isinstance(value, bool)):
+            raise UserError(f"sampler {sampler.kind}: {key} = {value!r} is not of type "
+                            f"{kind.__name__}")
+    if check_installed:
+        check_sampler_installed(sampler)
+    return cls(seed=seed, **{**defaults, **sampler.settings})
+
+
+def check_sampler_installed(sampler) -> None:
+    """UserError if the sampler needs a module (gp: torch, cmaes: cmaes) not installed here."""
+    needs = SAMPLERS[sampler.kind][3]
+    if needs and importlib.util.find_spec(needs) is None:
+        raise UserError(f"sampler {sampler.kind} needs the {needs} package, which is not "
+                        f"installed here (pip install {needs}), or choose another sampler")
+
+
 def name_objective(study: optuna.Study) -> None:
     """Name the objective (optuna-dashboard shows it); Optuna marks the call experimental."""
     with warnings.catch_warnings():
@@ -101,11 +150,12 @@ def name_objective(study: optuna.Study) -> None:
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, *,
-               pruner: optuna.pruners.BasePruner,
+               pruner: optuna.pruners.BasePruner, sampler=None,
                sampler_seed: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study or continue it, and say whether this call created it (exactly one
-    of several workers starting at once does). The sampler's seed moves on with the trial
-    count so that a continued study does not propose the first run's points again."""
+    of several workers starting at once does). `sampler` is the experiment's sampler spec
+    (None: TPE). Its seed moves on with the trial count so that a continued study does not
+    propose the first run's points again."""
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                     pruner=pruner)
@@ -116,7 +166,9 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, *,
         if study.metric_names is None:  # made by an older version
             name_objective(study)
         created = False
-    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.trials))
+    from sweep.experiment import Sampler
+
+    study.sampler = make_sampler(sampler or Sampler(), sampler_seed + len(study.trials))
     return study, created
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from bertclf.encoder_map import load_map
 from bertclf.errors import UserError
-from sweep.experiment import Promotion, Pruner, Range, load_experiment, parse_experiment
+from sweep.experiment import Promotion, Pruner, Range, Sampler, load_experiment, parse_experiment
 from sweep.space import suggest_config
 from sweep.study import make_pruner
 
@@ -82,6 +82,7 @@ def test_good_file_is_parsed(folder):
     assert experiment.space["lr"] == Range(1e-3, 5e-3, log=True)
     assert experiment.space["batch_size"] == [16, 32]
     assert experiment.pruner == Pruner("median")
+    assert experiment.sampler == Sampler("tpe")  # the default
     assert experiment.study_name == "small"  # the file's stem by default
     assert experiment.trials >= 1
     assert experiment.data_options["max_examples"] == 60
@@ -111,6 +112,15 @@ def test_pruner_table_and_hyperband_resource(folder):
     assert experiment.max_epochs == 9
     hyperband = make_pruner(experiment.pruner, experiment.max_epochs)
     assert (hyperband._min_resource, hyperband._max_resource) == (1, 9)
+
+
+def test_sampler_name_or_table(folder):
+    text = with_line("study", 'sampler = "random"')
+    assert load_experiment(write(folder, "r.toml", text)).sampler == Sampler("random")
+    text = with_line("study",
+                     'sampler = { kind = "tpe", n_startup_trials = 5, n_ei_candidates = 12 }')
+    assert load_experiment(write(folder, "t.toml", text)).sampler == Sampler(
+        "tpe", {"n_startup_trials": 5, "n_ei_candidates": 12})
 
 
 def test_promote_section(folder):
@@ -234,8 +244,8 @@ BAD = {
     "unknown [search] key": (with_line("search", "learning_rate = 1e-3"),
                             "unknown key(s) in [search]: learning_rate"),
     "unknown [data] key": (with_line("data", 'folder = "x"'), "unknown key(s) in [data]: folder"),
-    "unknown [study] key": (with_line("study", 'sampler = "tpe"'),
-                           "unknown key(s) in [study]: sampler"),
+    "unknown [study] key": (with_line("study", 'direction = "minimize"'),
+                           "unknown key(s) in [study]: direction"),
     "unknown range key": (replaced("log = true", 'log = true, scale = "log"'), "scale"),
     "lr of the wrong type": (replaced("lr = { low = 1e-3, high = 5e-3, log = true }",
                                       'lr = "fast"'), "search.lr"),
@@ -268,6 +278,26 @@ BAD = {
     "unknown pruner setting": (replaced('pruner = "median"',
                                         'pruner = { kind = "median", patience = 2 }'),
                                "study.pruner: "),
+    "unknown sampler": (with_line("study", 'sampler = "hyperband"'),
+                        "study.sampler must be one of tpe, random, gp, cmaes"),
+    "sampler table without kind": (with_line("study", "sampler = { n_startup_trials = 5 }"),
+                                   'study.sampler must be a name or a table with kind'),
+    "unknown sampler setting": (with_line("study", 'sampler = { kind = "tpe", gamma = 3 }'),
+                                "study.sampler: sampler tpe has no setting 'gamma'"),
+    "sampler seed as a setting": (with_line("study", 'sampler = { kind = "random", seed = 1 }'),
+                                  "the seed is study.sampler_seed"),
+    "constant liar off": (with_line("study",
+                                    'sampler = { kind = "tpe", constant_liar = false }'),
+                          "has no setting 'constant_liar'"),
+    "sampler setting of the wrong type": (
+        with_line("study", 'sampler = { kind = "tpe", n_startup_trials = "five" }'),
+        "study.sampler: sampler tpe: n_startup_trials = 'five' is not of type int"),
+    "boolean for an int sampler setting": (
+        with_line("study", 'sampler = { kind = "tpe", n_startup_trials = true }'),
+        "n_startup_trials = True is not of type int"),
+    "cmaes over categorical dimensions": (
+        with_line("study", 'sampler = "cmaes"'),
+        "study.sampler: cmaes cannot search categorical dimensions (batch_size, encoder)"),
     "keep_models 0": (with_line("study", "keep_models = 0"), "keep_models"),
     "negative split seed": (with_line("data", "split_seed = -1"), "split_seed"),
     "unknown [promote] key": (GOOD + "[promote]\nlr = 1e-3\n",
