@@ -193,8 +193,9 @@ def _promote(args: argparse.Namespace) -> int:
     if not stored:
         raise UserError(f"study {study.study_name!r} does not record its experiment file "
                         "(it was made by an older version); run `sweep run` on it once")
+    # Another host has its own copies of the data and the encoder map: --data, --encoder-map.
     experiment = parse_experiment(stored["text"], Path(stored["path"]),
-                                  stored.get("data_override"))
+                                  args.data or stored.get("data_override"), args.encoder_map)
     top = args.top or experiment.promotion.top
     seeds = args.seeds or experiment.promotion.seeds
     tracker = _open_tracker(args.tracking_uri, study, storage, args.grace)
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the experiment's promote.seeds)")
     promote.add_argument("--in-process", action="store_true",
                          help="train in this process (debugging; memory grows)")
+    promote.add_argument("--data", help="this host's copy of the data (default: the path "
+                         "the study's experiment file gave)")
+    promote.add_argument("--encoder-map", help="this host's copy of the experiment's encoder "
+                         "map file")
     promote.add_argument("--workers", type=int, default=1,
                          help="runs trained at once; promotes on other hosts share the work")
     _liveness(promote)

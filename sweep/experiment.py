@@ -223,8 +223,10 @@ def load_experiment(path: str | Path, data_override: str | None = None) -> Exper
     return experiment
 
 
-def parse_experiment(text: str, path: Path, data_override: str | None = None) -> Experiment:
-    """Parse and check an experiment file's `text`; relative paths are against `path`'s folder."""
+def parse_experiment(text: str, path: Path, data_override: str | None = None,
+                     encoder_map_override: str | None = None) -> Experiment:
+    """Parse and check an experiment file's `text`; relative paths are against `path`'s
+    folder. The overrides replace its data path and encoder map (another host's copies)."""
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -240,6 +242,8 @@ def parse_experiment(text: str, path: Path, data_override: str | None = None) ->
         data["path"] = str((path.parent / data["path"]).resolve())
 
     search = table.get("search", {})
+    if encoder_map_override:
+        search = {**search, "encoder_map": str(Path(encoder_map_override).resolve())}
     _check_keys(path, "search", search, SEARCHABLE)
     space = {name: _parse_dimension(path, name, value) for name, value in search.items()}
     if isinstance(space.get("encoder_map"), str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -110,11 +111,11 @@ class Sweep:
         trial = self.study.ask()
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
                                                                        trial.number)
-        claim(self.storage, trial_id)
-        self.heartbeat.add(trial_id)
         run: ChildRun | None = None
         state, value, interrupted = TrialState.FAIL, None, None
         try:
+            claim(self.storage, trial_id)
+            self.heartbeat.add(trial_id)
             config = suggest_config(trial, self.experiment)
             print(f"trial {trial.number} started: {short(trial.params)}", flush=True)
             run = self.tracker.start_trial_run(trial, config, self.data_inputs)
@@ -205,8 +206,18 @@ class Sweep:
 
     def _work(self, slot: int) -> None:
         while self.budget.take():
-            self.fail_dead_trials()
-            self.after_trial(self.trial(slot))
+            try:
+                self.fail_dead_trials()
+                trial = self.trial(slot)
+            except Exception as e:  # the store itself failed: this worker cannot go on
+                print(f"sweep: worker {slot} stopped: {mask(f'{type(e).__name__}: {e}')}",
+                      file=sys.stderr, flush=True)
+                return
+            try:
+                self.after_trial(trial)
+            except Exception as e:  # the trial is recorded; its aftermath may wait
+                print(f"sweep: after trial {trial.number}: "
+                      f"{mask(f'{type(e).__name__}: {e}')}", file=sys.stderr, flush=True)
 
     def run(self, trials: int, timeout_seconds: float | None = None,
             slots: list[dict[str, str]] | None = None) -> None:

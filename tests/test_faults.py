@@ -1,0 +1,232 @@
+"""Nothing lost under concurrency and faults: workers starting together on a new study,
+heartbeat writes that fail, a trial failed by another host while it trains, Ctrl-C with
+several workers, two promotes at once, and keep_models beside a registered model. After
+each, `sweep check` finds the two stores agreeing on every trial."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from sweep_helpers import (
+    Background,
+    client_for,
+    explain,
+    load_study,
+    mlflow_runs,
+    sweep_cli,
+    sweep_env,
+    write_experiment,
+)
+
+from bench.faults import other_host_checker
+from sweep.ownership import OWNER_ATTR
+
+
+def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:
+    """write_experiment's tiny experiment, with `epochs` epochs."""
+    path = write_experiment(folder)
+    path.write_text(path.read_text().replace("epochs = 2", f"epochs = {epochs}\n{extra}"))
+
+
+def assert_stores_agree(folder, study: str) -> None:
+    check = sweep_cli(folder, "check", "--study", study)
+    assert check.returncode == 0, explain(check)
+    assert "agree on every one" in check.stdout
+
+
+def running_runs(folder, study: str) -> list[str]:
+    """The names of the study's RUNNING MLflow runs (none before its experiment exists)."""
+    experiment = (folder / "mlflow.db").exists() and client_for(folder).get_experiment_by_name(
+        study)
+    return mlflow_runs(folder, study).running() if experiment else []
+
+
+def test_four_workers_on_a_new_study_lose_no_trial(tmp_path):
+    """Four workers open a new study's stores, experiment, parent run and dataset inputs at
+    the same moment, three times over: no trial fails."""
+    small_experiment(tmp_path)
+    for attempt in range(3):
+        study = f"new{attempt}"
+        result = sweep_cli(tmp_path, "run", "--trials", 4, "--workers", 4, "--experiment",
+                           "exp.toml", "--study", study, timeout=900)
+        assert result.returncode == 0, explain(result)
+        states = [(t.number, t.state.name, t.user_attrs.get("error"))
+                  for t in load_study(tmp_path, study).trials]
+        assert [s for _, s, _ in states] == ["COMPLETE"] * 4, states
+        assert len(mlflow_runs(tmp_path, study).parents) == 1
+        assert_stores_agree(tmp_path, study)
+
+
+def test_failed_heartbeat_writes_never_fail_a_live_trial(tmp_path):
+    """Every second heartbeat write raises while a checker on another host (its own host
+    name) fails whatever it judges dead with a 5-second grace: the trials complete. Then a
+    SIGKILLed sweep's trial is failed by the same checker once its heartbeat is 5 s old."""
+    small_experiment(tmp_path, epochs=3)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    checker = other_host_checker(storage, "beats", grace=5)
+    try:
+        sweep = subprocess.run(
+            [sys.executable, "-m", "bench.faults", "worker", "--fail-every", "2", "--",
+             "run", "--trials", 2, "--workers", 2, "--heartbeat", 1, "--experiment",
+             "exp.toml", "--study", "beats"], cwd=tmp_path, env=sweep_env(tmp_path),
+            capture_output=True, text=True, timeout=900)
+        assert sweep.returncode == 0, explain(sweep)
+        assert "heartbeat write failed (ConnectionError: injected" in sweep.stderr
+        trials = load_study(tmp_path, "beats").trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], [
+            t.user_attrs.get("error") for t in trials]
+        assert_stores_agree(tmp_path, "beats")
+
+        doomed = Background(tmp_path, "run", "--trials", 1, "--heartbeat", 1,
+                            "--experiment", "exp.toml", "--study", "beats")
+        doomed.wait_for_line("trial 2 started:")
+        doomed.kill()
+        deadline = time.monotonic() + 60
+        while load_study(tmp_path, "beats").trials[2].state.name == "RUNNING":
+            assert time.monotonic() < deadline, "the dead trial was never failed"
+            time.sleep(1)
+    finally:
+        checker.kill()
+        output = checker.communicate()[0]
+    dead = load_study(tmp_path, "beats").trials[2]
+    assert dead.state.name == "FAIL"
+    assert "sent no heartbeat for" in dead.user_attrs["error"]
+    assert "checker failed trial 2" in output and "trial 0" not in output, output
+    assert dead.user_attrs[OWNER_ATTR]["pid"] == doomed.process.pid
+
+
+def test_a_trial_failed_elsewhere_while_training_stops_and_logs_no_model(tmp_path):
+    """A real partition: another host fails a live trial. Its process stops at the next
+    evaluation, its run ends FAILED saying why, no model is logged, the sweep goes on."""
+    small_experiment(tmp_path, epochs=30, extra="patience = 30")
+    sweep = Background(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", "split")
+    sweep.wait_for_line("trial 0 started:")
+    study = load_study(tmp_path, "split")
+    deadline = time.monotonic() + 300
+    while not study.trials[0].intermediate_values:  # training: its first epoch is reported
+        assert time.monotonic() < deadline and sweep.process.poll() is None, sweep.output()
+        time.sleep(0.5)
+        study = load_study(tmp_path, "split")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("split"), 0)
+    storage.set_trial_user_attr(trial_id, "error", "failed by the partition test")
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    assert sweep.wait(300) == 0, sweep.output()
+    assert "Traceback" not in "\n".join(sweep.lines)
+    trial = load_study(tmp_path, "split").trials[0]
+    assert trial.state.name == "FAIL"
+    assert len(trial.intermediate_values) < 30, "it stopped training"
+    run = mlflow_runs(tmp_path, "split").by_name()["trial-0"]
+    assert run.info.status == "FAILED"
+    assert "ended as FAIL elsewhere" in run.data.tags["error"]
+    assert "failed by the partition test" in run.data.tags["error"]
+    assert client_for(tmp_path).search_logged_models(
+        experiment_ids=[run.info.experiment_id]) == []
+    assert "trial 0 FAIL" in "\n".join(sweep.lines)
+    assert_stores_agree(tmp_path, "split")
+
+
+def test_ctrl_c_with_two_workers_ends_both_trials(tmp_path):
+    small_experiment(tmp_path, epochs=30, extra="patience = 30")
+    sweep = Background(tmp_path, "run", "--trials", 2, "--workers", 2, "--experiment",
+                       "exp.toml", "--study", "stop2")
+    deadline = time.monotonic() + 300
+    while len(running_runs(tmp_path, "stop2")) < 3:  # the parent and both trials
+        assert time.monotonic() < deadline and sweep.process.poll() is None, sweep.output()
+        time.sleep(0.5)
+    time.sleep(3)
+    interrupted = time.monotonic()
+    sweep.signal(signal.SIGINT)
+    assert sweep.wait(120) == 130, sweep.output()
+    assert time.monotonic() - interrupted < 60, "the trials were not ended at once"
+    assert sweep.group_is_gone()
+    trials = load_study(tmp_path, "stop2").trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("interrupted" in t.user_attrs["error"] for t in trials)
+    assert mlflow_runs(tmp_path, "stop2").running() == []
+    assert_stores_agree(tmp_path, "stop2")
+    small_experiment(tmp_path)
+    again = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                      "--study", "stop2")
+    assert again.returncode == 0, explain(again)
+    assert load_study(tmp_path, "stop2").trials[2].state.name == "COMPLETE"
+
+
+def test_two_promotes_at_once_train_each_run_once(tmp_path):
+    small_experiment(tmp_path)
+    searched = sweep_cli(tmp_path, "run", "--trials", 2, "--experiment", "exp.toml",
+                         "--study", "duo")
+    assert searched.returncode == 0, explain(searched)
+    promotes = [Background(tmp_path, "promote", "--study", "duo", "--top", 2, "--seeds", 2)
+                for _ in range(2)]
+    for promote in promotes:
+        assert promote.wait(900) == 0, promote.output()
+    runs = [r for r in mlflow_runs(tmp_path, "duo").children
+            if r.data.tags.get("sweep.stage") == "promotion"]
+    pairs = sorted((r.data.tags["sweep.promotes_trial"], r.data.tags["sweep.seed"])
+                   for r in runs)
+    assert len(pairs) == 4 and len(set(pairs)) == 4, pairs
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    # Both chose the same winner from the same four runs.
+    winners = [line for p in promotes for line in p.lines if line.startswith("promote: winner")]
+    assert len(winners) == 2 and winners[0] == winners[1], winners
+
+
+def test_keep_models_never_deletes_a_registered_model(tmp_path, monkeypatch):
+    """Three trials keep their models; the worst one's is registered (as `best --register`
+    registers one); then keep_models = 1 and another trial: every model outside the best
+    one is dropped but the registered one, which still loads and predicts."""
+    small_experiment(tmp_path)
+    first = sweep_cli(tmp_path, "run", "--trials", 3, "--experiment", "exp.toml",
+                      "--study", "keep")
+    assert first.returncode == 0, explain(first)
+    worst = min((t for t in load_study(tmp_path, "keep").trials), key=lambda t: t.value)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)
+    mlflow.register_model(worst.user_attrs["model_uri"], "demo")
+    client_for(tmp_path).set_registered_model_alias("demo", "champion", "1")
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(exp.read_text().replace("[study]\n", "[study]\nkeep_models = 1\n"))
+    second = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", "keep")
+    assert second.returncode == 0, explain(second)
+    completed = sorted((t for t in load_study(tmp_path, "keep").trials),
+                       key=lambda t: (-t.value, t.number))
+    client = client_for(tmp_path)
+    for trial in completed:
+        tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+        kept = trial is completed[0] or trial.number == worst.number
+        assert ("model_dropped" in tags) is not kept, (trial.number, worst.number)
+    model = mlflow.pyfunc.load_model("models:/demo@champion")
+    predicted = model.predict(pd.DataFrame({"text": ["wonderful great film", "awful film"]}))
+    assert len(predicted) == 2
+    assert_stores_agree(tmp_path, "keep")
+
+
+@pytest.mark.parametrize("storage", ["journal.log"])
+def test_journal_storage_fails_a_dead_workers_trial(tmp_path, storage):
+    """Journal storage has no Optuna heartbeat; the owner check still finds the dead."""
+    small_experiment(tmp_path, epochs=30, extra="patience = 30")
+    doomed = Background(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                        "--study", "journal", "--storage", storage)
+    doomed.wait_for_line("trial 0 started:")
+    time.sleep(2)
+    doomed.kill()
+    small_experiment(tmp_path)
+    again = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                      "--study", "journal", "--storage", storage)
+    assert again.returncode == 0, explain(again)
+    study = optuna.load_study(study_name="journal", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / storage))))
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert "is gone" in study.trials[0].user_attrs["error"]
