@@ -77,6 +77,10 @@ def _run(args: argparse.Namespace) -> int:
                                 sampler=experiment.sampler)
     study.set_user_attr(EXPERIMENT_ATTR, {"path": str(experiment.path), "text": experiment.text,
                                           "data_override": experiment.data_override})
+    if created:
+        from sweep.space import enqueue_defaults
+
+        enqueue_defaults(study, experiment)
     tracker = _open_tracker(args.tracking_uri, study, storage, args.grace, created)
     trials = args.trials or experiment.trials
     timeout = args.timeout * 60 if args.timeout else (

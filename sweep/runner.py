@@ -112,7 +112,8 @@ class Sweep:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
                                                                        trial.number)
         run: ChildRun | None = None
-        state, value, interrupted = TrialState.FAIL, None, None
+        outcome: dict = {}
+        state, value, interrupted, lost = TrialState.FAIL, None, None, False
         try:
             claim(self.storage, trial_id)
             self.heartbeat.add(trial_id)
@@ -128,6 +129,7 @@ class Sweep:
             if run and isinstance(e, PrunedAt):
                 run.tags.update(pruned_at_step=str(e.step), pruned_at_epoch=f"{e.epoch:g}")
         except BaseException as e:
+            lost = isinstance(e, optuna.exceptions.UpdateFinishedTrialError)
             if isinstance(e, KeyboardInterrupt) or self.budget.stop.is_set():
                 interrupted = e
                 error = "interrupted (Ctrl-C or SIGTERM) during the trial"
@@ -137,11 +139,11 @@ class Sweep:
         finally:
             self.heartbeat.remove(trial_id)
         frozen = retry(lambda: self.study.tell(trial, value, state, skip_if_finished=True))
-        if frozen.state != state:  # ended elsewhere first (its owner was taken for dead)
+        if frozen.state != state or lost:  # ended elsewhere (its owner was taken for dead)
             self._record_error(trial, run, f"the trial was ended as {frozen.state.name} "
                                f"elsewhere: {frozen.user_attrs.get('error', '')}")
-            if run and state == TrialState.COMPLETE:
-                self.tracker.drop_model(run.run_id, outcome["model_uri"])
+        if run and "model_uri" in outcome and frozen.state != TrialState.COMPLETE:
+            self.tracker.drop_model(run.run_id, outcome["model_uri"])
         if run:
             self.tracker.end_run(run.run_id, frozen.state.name, run.error, run.tags)
         if isinstance(interrupted, KeyboardInterrupt):

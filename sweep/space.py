@@ -26,3 +26,28 @@ def suggest_config(trial: optuna.Trial, experiment: Experiment) -> TrainConfig:
     config = experiment.base_config(**values)
     trial.set_user_attr("split_seed", config.data_seed)
     return config
+
+
+DEFAULTS_ATTR = "sweep.defaults"  # trial attribute: the trial that tries the tool's defaults
+
+
+def default_params(experiment: Experiment) -> dict:
+    """The tool's defaults (TrainConfig's) for every searched dimension whose range or
+    choices hold them: the first trial of a new study, so that every study shows what the
+    search found over not searching. Dimensions that cannot take the default are sampled."""
+    params = {}
+    for name, dimension in experiment.space.items():
+        default = getattr(TrainConfig, name, None)
+        if isinstance(dimension, Range):
+            inside = default is not None and dimension.low <= default <= dimension.high
+            if inside and (dimension.step is None or
+                           (default - dimension.low) % dimension.step == 0):
+                params[name] = default
+        elif isinstance(dimension, list) and default in dimension:
+            params[name] = default
+    return params
+
+
+def enqueue_defaults(study: optuna.Study, experiment: Experiment) -> None:
+    """Queue the defaults as the study's next trial (called once, by the study's creator)."""
+    study.enqueue_trial(default_params(experiment), user_attrs={DEFAULTS_ATTR: True})
