@@ -17,7 +17,7 @@ from bertclf.datasets import Dataset
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 PIP_REQUIREMENTS = ["tensorflow==2.21.0", "tensorflow-text==2.21.1", "pandas", "numpy"]
 # What a trial process imports before its job arrives (TensorFlow above all).
-PRELOAD = ("mlflow", "bertclf.artifacts", "bertclf.train")
+PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.artifacts", "bertclf.train")
 
 
 @dataclass
