@@ -27,7 +27,12 @@ def _stores(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.experiment import drop_unreachable_encoders, load_experiment
+    from sweep.experiment import (
+        common_reasons,
+        drop_unreachable_encoders,
+        load_experiment,
+        per_encoder,
+    )
     from sweep.runner import Sweep, load_experiment_data
     from sweep.study import make_pruner, open_storage, open_study
 
@@ -37,9 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment, data_override=args.data)
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
-        print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here: "
-              + "; ".join(f"{name} ({why})" for name, why in dropped.items())
-              + f"; searching {', '.join(map(str, experiment.space['encoder']))}", flush=True)
+        print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here "
+              f"({common_reasons(dropped)}); searching "
+              f"{', '.join(map(str, experiment.space['encoder']))}{per_encoder(dropped)}",
+              flush=True)
     dataset = load_experiment_data(experiment)
     name = args.study or experiment.study_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat)

@@ -647,9 +647,8 @@ def test_unreachable_encoders_are_dropped_before_the_first_trial(tmp_path):
     result = run_offline(tmp_path, '["offline", "tiny"]', trials=2)
     assert result.returncode == 0, explain(result)
     warnings = [line for line in result.stdout.splitlines() if "cannot be loaded" in line]
-    assert len(warnings) == 1 and warnings[0].startswith(
-        "sweep: dropped 1 encoder(s) that cannot be loaded here: offline ("), warnings
-    assert warnings[0].endswith("searching tiny")
+    assert warnings == ["sweep: dropped 1 encoder(s) that cannot be loaded here (1 with no "
+                        "answer); searching tiny; --verbose lists each"], warnings
     study = load_study(tmp_path, "offline")
     assert [t.params["encoder"] for t in study.trials] == ["tiny", "tiny"]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -661,5 +660,11 @@ def test_no_loadable_encoder_is_a_one_line_error_that_writes_nothing(tmp_path):
     assert result.returncode == 2, explain(result)
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("sweep: error: experiment "), lines
-    assert "no encoder of the search can be loaded here (offline: no answer" in lines[0]
+    assert lines[0].endswith("none of the search's 1 encoder(s) can be loaded here (1 with no "
+                             "answer); try --experiment experiments/quick.toml, or an encoder "
+                             "that loads offline (tiny, minilm); --verbose lists each"), lines
     assert not any((tmp_path / name).exists() for name in ("optuna.db", "mlflow.db", "mlruns"))
+    verbose = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml", "--verbose")
+    assert verbose.returncode == 2, explain(verbose)
+    detail = error_lines(verbose.stderr)[1:]
+    assert len(detail) == 1 and detail[0].startswith("  offline: no answer ("), detail
