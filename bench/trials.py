@@ -64,7 +64,7 @@ class Stores:
 
     def finish(self, job: TrialJob, outcome: dict | None = None) -> None:
         """Complete the trial (with its validation accuracy if known) and end its run."""
-        value = (outcome or {}).get("best_val_accuracy", (outcome or {}).get("val_accuracy", 0.0))
+        value = (outcome or {}).get("best_val_accuracy", 0.0)
         self.study.tell(self.trials.pop(job.run_id), value)
         self.client.set_terminated(job.run_id)
 

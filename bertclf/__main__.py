@@ -127,9 +127,8 @@ def _import_hf(args: argparse.Namespace) -> None:
     load_tensorflow()
     import_checkpoint(src, dest, seq_len=args.seq_len, force=args.force)
     record = import_record(dest)
-    tokenizer = record.get("tokenizer", "wordpiece")  # imports before SentencePiece lack it
     print(f"imported {record['model_type']} checkpoint {src} into {dest} "
-          f"(tokenizer: {tokenizer}, lower_case={record['lower_case']}, "
+          f"(tokenizer: {record['tokenizer']}, lower_case={record['lower_case']}, "
           f"pooler: {record['pooler']}, seq_len {args.seq_len})")
     for note in record["notes"]:
         print(f"note: {note}")

@@ -168,7 +168,7 @@ def _promote(args: argparse.Namespace) -> int:
     stored = study.user_attrs.get(EXPERIMENT_ATTR)
     if not stored:
         raise UserError(f"study {study.study_name!r} does not record its experiment file "
-                        "(it was made by an older version); run `sweep run` on it once")
+                        "(it was not made by `sweep run`); run `sweep run` on it once")
     experiment = parse_experiment(stored["text"], Path(stored["path"]),
                                   stored.get("data_override"))
     top = args.top or experiment.promotion.top

@@ -221,7 +221,7 @@ def assert_same_run(first, second) -> None:
 
 @pytest.mark.parametrize("built_by", ["another process", "the first run"])
 def test_same_seed_same_history(tmp_path, monkeypatch, built_by):
-    """Seeds are explicit: a run is reproducible from its parameters (DESIGN.md), however the
+    """Seeds are explicit: a run is reproducible from its parameters, however the
     built-in encoder got into the (fresh) cache: built on first use by another entry point in
     its own process (e.g. tokenizing), or by the first of the two runs compared here (the
     first trial of a sweep, the first `bertclf train`)."""
