@@ -21,6 +21,7 @@ import optuna
 import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
 from servers import serving
 from sweep_helpers import (
     IMDB_ARCHIVE,
@@ -108,7 +109,7 @@ def test_optuna_study_has_the_trials(swept):
     assert study.metric_names == ["val_accuracy"]
     for trial in study.trials:
         assert set(trial.params) == {"encoder", "lr", "batch_size"}
-        assert 1e-3 <= trial.params["lr"] <= 5e-3
+        assert trial.distributions["lr"] == FloatDistribution(1e-3, 5e-3, log=True)
         assert trial.params["batch_size"] in (16, 32)
         # every epoch reported at steps 1..n; the value is the kept epoch's
         epochs = sorted(trial.intermediate_values)
