@@ -111,9 +111,8 @@ def timed_trial(job, spawned_at: float) -> dict:
 
 
 def sequential_trials(jobs: list) -> list[dict]:
-    """run_in_child for each job in turn, from this light process (no TensorFlow)
-    as from a sweep's parent: a spawned trial's ru_maxrss starts at its parent's peak RSS, so
-    a parent that has trained models itself would hide the trials' own peaks."""
+    """run_in_child for each job in turn, from this light process (no TensorFlow), as from a
+    sweep's parent."""
     return [run_in_child(job) for job in jobs]
 
 

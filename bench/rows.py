@@ -186,7 +186,7 @@ def rows_memory(ctx: Context) -> list[Row]:
     sizes = "/".join(map(str, ctx.plan.memory_sizes))
     child_note = (f"{n} run_in_child trials in a row (tiny, {sizes} reviews, 1 epoch) from a "
                   f"light process without TensorFlow, as a sweep's parent is; outcome "
-                  f"peak_rss_mb (ru_maxrss) of each (MB): {', '.join(f'{p:.0f}' for p in peaks)}")
+                  f"peak_rss_mb (VmHWM) of each (MB): {', '.join(f'{p:.0f}' for p in peaks)}")
     process_note = (f"one process running {n} run_job calls in a row (in-process mode); VmRSS "
                     f"after trial 1 vs after trial {n}; before/after each (MB): "
                     f"{', '.join(f'{r:.0f}' for r in rss)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bertclf.cli import command_parser, parse_bool, run_command
 from bertclf.errors import UserError
+from bertclf.quiet import load_tensorflow
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def _train(args: argparse.Namespace) -> None:
     from bertclf.encoder_map import get_encoder
     from bertclf.outdir import check_out_dir
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "run", "out", "force")}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "run", "out", "force", "verbose")}
     config = TrainConfig.from_dict(options)
     config.validate()
     # Every user error is found here, before training (and before TensorFlow loads).
@@ -59,6 +61,7 @@ def _train(args: argparse.Namespace) -> None:
     for note in dataset.notes:
         print(f"data: {note}")
 
+    load_tensorflow()
     from bertclf.artifacts import save_run
     from bertclf.train import train
 
@@ -74,6 +77,7 @@ def _predict(args: argparse.Namespace) -> None:
     if not (Path(args.model_dir) / "saved_model.pb").is_file():
         raise UserError(f"{args.model_dir}: not an exported model (no saved_model.pb); pass "
                         "the saved_model/ folder that `bertclf train` wrote")
+    load_tensorflow()
     from bertclf.export import predict
 
     for name, probability in predict(args.model_dir, args.texts):
@@ -95,6 +99,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                          **{cap: args.max_examples})
     config.validate()
     dataset = config.load_data()
+    load_tensorflow()
     from bertclf.evaluate import evaluate_export
 
     split = getattr(dataset, args.split)
@@ -119,11 +124,11 @@ def _import_hf(args: argparse.Namespace) -> None:
     src = resolve_source(args.src)
     dest = Path(args.dest).expanduser()
     name = args.name or dest.resolve().name
+    load_tensorflow()
     import_checkpoint(src, dest, seq_len=args.seq_len, force=args.force)
     record = import_record(dest)
-    tokenizer = record.get("tokenizer", "wordpiece")  # imports before SentencePiece lack it
     print(f"imported {record['model_type']} checkpoint {src} into {dest} "
-          f"(tokenizer: {tokenizer}, lower_case={record['lower_case']}, "
+          f"(tokenizer: {record['tokenizer']}, lower_case={record['lower_case']}, "
           f"pooler: {record['pooler']}, seq_len {args.seq_len})")
     for note in record["notes"]:
         print(f"note: {note}")

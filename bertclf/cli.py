@@ -1,5 +1,5 @@
-"""What every command line of the project shares: argparse with one-line errors, the
-true/false flag type, and running a command with its exit statuses."""
+"""What every command line of the project shares: argparse with one-line errors, --verbose,
+the true/false flag type, and running a command with its exit statuses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from bertclf import quiet
 from bertclf.errors import TrainingError, UserError
 
 
@@ -43,8 +44,29 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
         return 130
 
 
+class _Verbose(argparse.Action):
+    """--verbose: takes effect as it is parsed, before any command imports TensorFlow."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        quiet.set_verbose()
+        setattr(namespace, self.dest, True)
+
+
+class CommandParser(ArgumentParser):
+    """A sub-command's parser: --verbose anywhere on its line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action=_Verbose,
+                          help="also show TensorFlow's and MLflow's own start-up lines and "
+                               "warnings, and the detail behind errors about many items")
+
+
 def command_parser(prog: str, description: str | None):
     """A command line with sub-commands: (the parser, the group to add commands to)."""
     parser = ArgumentParser(prog=prog, description=description)
     return parser, parser.add_subparsers(dest="command", required=True,
-                                         parser_class=ArgumentParser)
+                                         parser_class=CommandParser)

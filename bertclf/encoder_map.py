@@ -101,6 +101,13 @@ def _import_minilm(dest: Path) -> tuple[Path, Path]:
 # builtin:NAME/{encoder,preprocess} -> what writes NAME's two SavedModels into a folder
 BUILTIN_MODELS = {"tiny": _build_tiny, "minilm": _import_minilm}
 BUILTIN_VERSION = 2  # part of the cache folder's name: bump when the built models change
+RANDOM_WEIGHTS = {"tiny"}  # built-in models that are not pretrained
+
+
+def pretrained(spec: EncoderSpec) -> bool:
+    """Whether the encoder's weights were learnt (every entry but the random built-ins)."""
+    model = spec.encoder.removeprefix("builtin:").partition("/")[0]
+    return not (spec.encoder.startswith("builtin:") and model in RANDOM_WEIGHTS)
 
 
 def resolve_handle(handle: str) -> str:

@@ -40,8 +40,8 @@ def evaluate_export(path: str | Path, split: Split, class_names: list[str],
     every `progress_every` seconds."""
     model = load_model(path)
     if not hasattr(model, "logits"):
-        raise UserError(f"{path}: exported by an older version (no `logits` function); "
-                        "export it again to evaluate it")
+        raise UserError(f"{path}: not a model `bertclf train` exported (no `logits` "
+                        "function)")
     names = [n.decode() for n in model.class_names.numpy()]
     unknown = sorted(set(class_names) - set(names))
     if unknown:

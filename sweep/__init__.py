@@ -1,8 +1,3 @@
 """Optuna search over bertclf fine-tuning runs, every trial tracked in MLflow."""
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Progress is printed by the sweep itself: a line per trial, Keras' line per epoch.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import bertclf  # noqa: F401  (tf-keras and the quiet defaults, before TensorFlow or MLflow loads)

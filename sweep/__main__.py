@@ -54,7 +54,12 @@ def _worker_slots(args: argparse.Namespace, workers: int | None) -> list[dict[st
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.experiment import drop_unreachable_encoders, load_experiment
+    from sweep.experiment import (
+        common_reasons,
+        drop_unreachable_encoders,
+        load_experiment,
+        per_encoder,
+    )
     from sweep.runner import Sweep, load_experiment_data
     from sweep.study import make_pruner, open_storage, open_study
 
@@ -65,9 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment, data_override=args.data)
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
-        print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here: "
-              + "; ".join(f"{name} ({why})" for name, why in dropped.items())
-              + f"; searching {', '.join(map(str, experiment.space['encoder']))}", flush=True)
+        print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here "
+              f"({common_reasons(dropped)}); searching "
+              f"{', '.join(map(str, experiment.space['encoder']))}{per_encoder(dropped)}",
+              flush=True)
     dataset = load_experiment_data(experiment)
     name = args.study or experiment.study_name
     storage = open_storage(args.storage)
@@ -196,7 +202,7 @@ def _promote(args: argparse.Namespace) -> int:
     stored = study.user_attrs.get(EXPERIMENT_ATTR)
     if not stored:
         raise UserError(f"study {study.study_name!r} does not record its experiment file "
-                        "(it was made by an older version); run `sweep run` on it once")
+                        "(it was not made by `sweep run`); run `sweep run` on it once")
     # Another host has its own copies of the data and the encoder map: --data, --encoder-map.
     experiment = parse_experiment(stored["text"], Path(stored["path"]),
                                   args.data or stored.get("data_override"), args.encoder_map)

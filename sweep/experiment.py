@@ -4,13 +4,15 @@ promotion stage of a sweep (README, "Experiment files", shows every key)."""
 from __future__ import annotations
 
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from bertclf.config import TrainConfig, field_types
-from bertclf.encoder_map import OFFLINE_HINT, get_encoder, load_map, unreachable
+from bertclf.encoder_map import get_encoder, load_map, pretrained, unreachable
 from bertclf.errors import UserError, parse_file
+from bertclf.quiet import is_verbose
 
 DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
              "max_test_examples", "text_column", "label_column", "val_fraction", "split_seed"}
@@ -283,7 +285,7 @@ def parse_experiment(text: str, path: Path, data_override: str | None = None,
 def drop_unreachable_encoders(experiment: Experiment) -> dict[str, str]:
     """Take the encoders that cannot be loaded here (a TF Hub handle neither cached nor
     answering, a missing folder) out of the search; returns them with the reason. Raises
-    UserError when none is left."""
+    UserError when none is left: one sentence, each encoder's reason only with --verbose."""
     from concurrent.futures import ThreadPoolExecutor
 
     encoder_map = experiment.space.get("encoder_map")
@@ -298,21 +300,40 @@ def drop_unreachable_encoders(experiment: Experiment) -> dict[str, str]:
                                                         strict=True) if why}
     kept = [name for name in names if name not in dropped]
     if not kept:
-        listed = "; ".join(f"{name}: {why}" for name, why in dropped.items())
-        raise _fail(experiment.path, f"no encoder of the search can be loaded here ({listed}). "
-                    f"{OFFLINE_HINT}")
+        offline = [name for name, spec in load_map(encoder_map).items()
+                   if spec.encoder.startswith("builtin:") and not unreachable(spec.encoder)]
+        raise _fail(experiment.path, f"none of the search's {len(names)} encoder(s) can be "
+                    f"loaded here ({common_reasons(dropped)}); try --experiment "
+                    f"experiments/quick.toml, or an encoder that loads offline "
+                    f"({', '.join(offline)}){per_encoder(dropped)}")
     if dropped and isinstance(experiment.space.get("encoder"), list):
         experiment.space["encoder"] = kept
     return dropped
 
 
+def common_reasons(dropped: dict[str, str]) -> str:
+    """The reasons encoders were dropped, the most common first, with how many each: e.g.
+    "33 with no answer" (each reason without its parenthesised detail)."""
+    counts = Counter(why.split(" (")[0] for why in dropped.values())
+    return ", ".join(f"{n} with {why}" if why.startswith("no ") else f"{n}: {why}"
+                     for why, n in counts.most_common())
+
+
+def per_encoder(dropped: dict[str, str]) -> str:
+    """Each dropped encoder with its reason, on lines of their own, with --verbose; else the
+    hint that --verbose lists them."""
+    if not is_verbose():
+        return "; --verbose lists each"
+    return "".join(f"\n  {name}: {why}" for name, why in dropped.items())
+
+
 def _resolve_encoders(path: Path, space: dict[str, Any]) -> None:
-    """Expand `encoder = "all"` to the whole map and check every named encoder exists."""
+    """Expand `encoder = "all"` to the map's pretrained encoders and check every named
+    encoder exists."""
     encoder_map = space.get("encoder_map")
     known = load_map(encoder_map if isinstance(encoder_map, str) else None)
-    if space.get("encoder") in ("all", ["all"]):  # the notebook's map: TF Hub models
-        space["encoder"] = [n for n, spec in known.items()
-                            if not spec.encoder.startswith("builtin:")]
+    if space.get("encoder") in ("all", ["all"]):  # every pretrained encoder: not tiny
+        space["encoder"] = [n for n, spec in known.items() if pretrained(spec)]
     for name in _candidates(space.get("encoder", "tiny")):
         if name not in known and not (Path(name).expanduser() / "encoder").is_dir():
             raise _fail(path, f"search.encoder: unknown encoder {name!r} "

@@ -25,7 +25,9 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
         card = Path(path) / "assets.extra" / "bertclf.json"
         self.class_names = json.loads(card.read_text())["class_names"]
 
-    def predict(self, context, model_input, params=None):
+    # MLflow warns about a predict without a type hint; for a DataFrame it neither converts
+    # nor validates the input (lists and arrays still work).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         import tensorflow as tf
 
         if isinstance(model_input, pd.DataFrame):

@@ -21,7 +21,7 @@ MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("tensorflow", "tensorflow-text")] + [
     "pandas", "numpy"]
 # What a trial process imports before its job arrives (TensorFlow above all).
-PRELOAD = ("mlflow", "bertclf.artifacts", "bertclf.train")
+PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.artifacts", "bertclf.train")
 
 
 class PrunedAt(optuna.TrialPruned):

@@ -20,8 +20,11 @@ NEGATIVE = "bad awful terrible horrible dreadful boring poor worst".split()
 
 
 def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m bertclf ARGS` in cwd with this session's cache and this checkout."""
+    """Run `python -m bertclf ARGS` in cwd with this session's cache and this checkout, and
+    the command's own log settings (not the ones conftest set for this process)."""
     env = dict(os.environ)  # BERTCLF_CACHE_DIR: the session's throwaway cache (conftest)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "BERTCLF_VERBOSE"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "bertclf", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -115,6 +118,31 @@ def test_predict_prints_a_class_and_probability_per_text(trained):
     assert done.returncode == 0, show(done)
     expected = as_printed(exported_predictions(cwd / "run1" / "saved_model", texts))
     assert done.stdout.splitlines() == expected, show(done)
+
+
+# What TensorFlow itself writes as it starts: absl's notice, then native log records (on this
+# machine, the missing CUDA driver's INFO line and the cuInit ERROR), and tf-keras' warning.
+TF_START_UP = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:"
+                         r"|\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: [IWEF] |WARNING:tensorflow:)",
+                         re.MULTILINE)
+
+
+def test_train_prints_only_its_own_lines(trained):
+    cwd, done = trained
+    assert done.returncode == 0, "training failed; see the test above"
+    assert not TF_START_UP.search(done.stderr), show(done)
+    assert done.stdout.startswith("data: "), show(done)
+
+
+def test_verbose_shows_tensorflows_start_up_lines(trained):
+    cwd, done = trained
+    assert done.returncode == 0, "training failed; see the test above"
+    quiet = cli("predict", "run1/saved_model", "a wonderful film", cwd=cwd)
+    verbose = cli("predict", "run1/saved_model", "a wonderful film", "--verbose", cwd=cwd)
+    assert quiet.returncode == verbose.returncode == 0, show(quiet) + show(verbose)
+    assert not TF_START_UP.search(quiet.stderr), show(quiet)
+    assert TF_START_UP.search(verbose.stderr), show(verbose)
+    assert verbose.stdout == quiet.stdout
 
 
 def test_encoders_lists_the_map():

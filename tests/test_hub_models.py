@@ -3,7 +3,6 @@
 import importlib.util
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +106,6 @@ def test_encoder_trains(tiny):
     assert outputs["sequence_output"].shape == (3, 128, 128)
     assert outputs["pooled_output"].shape == (3, 128)
     assert len(outputs["encoder_outputs"]) == 2
-    np.testing.assert_array_equal(outputs["default"], outputs["pooled_output"])
     assert len(encoder.trainable_weights) > 0
     trained = encoder(inputs, training=True)["pooled_output"]
     assert not np.allclose(trained, outputs["pooled_output"])
@@ -141,9 +139,10 @@ def test_padding_does_not_change_outputs(tiny):
 
 def test_build_tiny_is_idempotent(tiny):
     dest = tiny[0].parent
-    start = time.perf_counter()
+    built = (tiny[0] / "saved_model.pb").stat()
     assert build_tiny(dest) == tiny
-    assert time.perf_counter() - start < 1.0
+    again = (tiny[0] / "saved_model.pb").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns), "rebuilt"
     assert [p.name for p in dest.parent.iterdir()] == ["tiny"]  # no temp folders left
     (dest.parent / "other").mkdir()
     (dest.parent / "other" / "file").write_text("mine")

@@ -21,6 +21,7 @@ import optuna
 import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
 from servers import serving
 from sweep_helpers import (
     IMDB_ARCHIVE,
@@ -106,7 +107,7 @@ def test_optuna_study_has_the_trials(swept):
     assert study.metric_names == ["val_accuracy"]
     for trial in study.trials:
         assert set(trial.params) == {"encoder", "lr", "batch_size"}
-        assert 1e-3 <= trial.params["lr"] <= 5e-3
+        assert trial.distributions["lr"] == FloatDistribution(1e-3, 5e-3, log=True)
         assert trial.params["batch_size"] in (16, 32)
         # every epoch reported at steps 1..n; the value is the kept epoch's
         epochs = sorted(trial.intermediate_values)
@@ -645,9 +646,8 @@ def test_unreachable_encoders_are_dropped_before_the_first_trial(tmp_path):
     result = run_offline(tmp_path, '["offline", "tiny"]', trials=2)
     assert result.returncode == 0, explain(result)
     warnings = [line for line in result.stdout.splitlines() if "cannot be loaded" in line]
-    assert len(warnings) == 1 and warnings[0].startswith(
-        "sweep: dropped 1 encoder(s) that cannot be loaded here: offline ("), warnings
-    assert warnings[0].endswith("searching tiny")
+    assert warnings == ["sweep: dropped 1 encoder(s) that cannot be loaded here (1 with no "
+                        "answer); searching tiny; --verbose lists each"], warnings
     study = load_study(tmp_path, "offline")
     assert [t.params["encoder"] for t in study.trials] == ["tiny", "tiny"]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -659,5 +659,11 @@ def test_no_loadable_encoder_is_a_one_line_error_that_writes_nothing(tmp_path):
     assert result.returncode == 2, explain(result)
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("sweep: error: experiment "), lines
-    assert "no encoder of the search can be loaded here (offline: no answer" in lines[0]
+    assert lines[0].endswith("none of the search's 1 encoder(s) can be loaded here (1 with no "
+                             "answer); try --experiment experiments/quick.toml, or an encoder "
+                             "that loads offline (tiny, minilm); --verbose lists each"), lines
     assert not any((tmp_path / name).exists() for name in ("optuna.db", "mlflow.db", "mlruns"))
+    verbose = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml", "--verbose")
+    assert verbose.returncode == 2, explain(verbose)
+    detail = error_lines(verbose.stderr)[1:]
+    assert len(detail) == 1 and detail[0].startswith("  offline: no answer ("), detail

@@ -104,7 +104,7 @@ def test_token_ids_are_cached_on_disk_and_reused(spec):
     np.testing.assert_array_equal(first.values, values)
     np.testing.assert_array_equal(first.row_lengths, lengths)
     np.testing.assert_array_equal(first.labels, split.labels)
-    assert not list(path.parent.glob("*.tmp.npz")), "no partial files left behind"
+    assert not list(path.parent.glob(".*.building-*")), "no build folder left behind"
 
     # Same content in new objects: no new file, same ids.
     again = token_ids(spec, Split(list(split.texts), split.labels.copy()), 32)
