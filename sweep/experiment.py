@@ -17,7 +17,7 @@ DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
 STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler_seed", "name", "keep_models"}
 # The full-fidelity stage: how many configurations, how many seeds, and what changes.
 PROMOTE_FIDELITY = {"epochs", "patience", "seq_len", "max_examples", "max_train_examples",
-                    "max_val_examples", "max_test_examples"}
+                    "max_val_examples", "max_test_examples", "eval_every", "eval_examples"}
 PROMOTE_KEYS = {"top", "seeds"} | PROMOTE_FIDELITY
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - DATA_KEYS - {"data"}
 DEFAULT_SPLIT_SEED = TrainConfig.seed
