@@ -29,7 +29,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "truncation": "head | tail | head+tail: which tokens of a too-long text are kept",
         "head_tokens": "head+tail: tokens kept from the start (default: a quarter of seq_len)",
         "split_seed": "seed of the validation split and samples (default: --seed)",
-        "patience": "epochs without a better validation loss before stopping",
+        "patience": "evaluations without a better validation loss before stopping (with "
+                    "--eval-examples: epochs)",
+        "eval_every": "validation inside the epoch: a fraction of an epoch (0.25: four "
+                      "evaluations) or every N steps; 0 (default): once per epoch",
+        "eval_examples": "a seeded sample of N validation examples for the in-epoch "
+                         "evaluations (the epochs' ends use the whole split)",
         "bucket": "batch by length and pad each batch to its longest (true/false)",
         "jit_compile": "XLA (true/false); default: on with a GPU (auto-clustering under mixed "
                        "precision)",

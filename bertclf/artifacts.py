@@ -18,7 +18,7 @@ def save_run(result: TrainResult, out_dir: str | Path, force: bool = False) -> d
              "saved_model": out_dir / "saved_model"}
     metrics = result.metrics()
     write_metrics(metrics, paths["metrics"])
-    plot_curves(result.history, result.best_epoch, paths["curves"])
+    plot_curves(result.history, result.best_epoch, paths["curves"], result.evaluations)
     card = {key: metrics[key] for key in ("params", "encoder", "data", "best_epoch",
                                           "val_accuracy", "test_accuracy")}
     config = result.config

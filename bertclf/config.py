@@ -36,7 +36,11 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: 4 x batch_size
     epochs: int = 5
-    patience: int = 1
+    patience: int = 1  # evaluations without a better validation loss before stopping
+    # 0: evaluate once per epoch; in (0, 1): a fraction of an epoch (0.25: four evaluations);
+    # >= 1: every that many steps within each epoch. Each epoch's last evaluation is its end.
+    eval_every: float = 0
+    eval_examples: int | None = None  # a seeded sample of validation for in-epoch evaluations
     lr: float = 3e-5
     lr_schedule: str = "linear"
     warmup_fraction: float = 0.1
@@ -58,6 +62,12 @@ class TrainConfig:
              "eval_batch_size must be at least 1"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.patience >= 0, "patience must be 0 or more"),
+            (math.isfinite(self.eval_every) and self.eval_every >= 0,
+             "eval_every must be 0 (once per epoch), a fraction of an epoch or a number of steps"),
+            (self.eval_every < 1 or float(self.eval_every).is_integer(),
+             "eval_every of 1 or more is a number of steps and must be a whole number"),
+            (self.eval_examples is None or self.eval_examples >= 2,
+             "eval_examples must be at least 2"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be 0 or more"),

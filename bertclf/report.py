@@ -16,13 +16,19 @@ def write_metrics(metrics: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
 
-def plot_curves(history: dict[str, list[float]], best_epoch: int, path: str | Path) -> None:
-    """Loss and accuracy per epoch, training vs validation, the kept epoch marked."""
+def plot_curves(history: dict[str, list[float]], best_epoch: int, path: str | Path,
+                evaluations: list[dict] = ()) -> None:
+    """Loss and accuracy per epoch, training vs validation, the kept epoch marked; with
+    evaluations inside the epochs, every evaluation too, at its fraction of epochs."""
     epochs = range(1, len(history["loss"]) + 1)
+    in_epoch = [e for e in evaluations if not float(e["epoch"]).is_integer()]
     fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, history[key], "r", label=f"Training {key}")
         ax.plot(epochs, history[f"val_{key}"], "b", label=f"Validation {key}")
+        if in_epoch:
+            ax.plot([e["epoch"] for e in evaluations], [e[f"val_{key}"] for e in evaluations],
+                    "b.:", label=f"Validation {key}, every evaluation")
         ax.axvline(best_epoch, color="gray", linestyle="--", label=f"Best epoch ({best_epoch})")
         ax.set_title(f"Training and validation {key}")
         ax.set_ylabel(key.capitalize())

@@ -20,7 +20,7 @@ STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler", "sampler_seed", 
               "keep_models"}
 # The full-fidelity stage: how many configurations, how many seeds, and what changes.
 PROMOTE_FIDELITY = {"epochs", "patience", "seq_len", "max_examples", "max_train_examples",
-                    "max_val_examples", "max_test_examples"}
+                    "max_val_examples", "max_test_examples", "eval_every", "eval_examples"}
 PROMOTE_KEYS = {"top", "seeds"} | PROMOTE_FIDELITY
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - DATA_KEYS - {"data"}
 DEFAULT_SPLIT_SEED = TrainConfig.seed

@@ -184,6 +184,7 @@ BAD_FLAGS = {
     "--batch-size 0": ["--batch-size", "0"],
     "unknown flag": ["--learning-rate", "1e-3"],
     "--truncation middle": ["--truncation", "middle"],
+    "--eval-every 1.5": ["--eval-every", "1.5"],
 }
 
 
@@ -256,6 +257,7 @@ ERRORS = {
     "--batch-size 0": "batch",
     "--precision fp8": "precision",
     "--truncation middle": "truncation",
+    "--eval-every 1.5": "eval_every",
     "unknown flag": "--learning-rate",
     "missing --data": "--data",
     "out folder not empty": "not empty",

@@ -138,6 +138,14 @@ def test_promote_section(folder):
     assert load_experiment(write(folder, "np.toml", GOOD)).promotion == Promotion(3, 3, {})
 
 
+def test_evaluations_inside_the_epoch_are_searchable_and_promotable(folder):
+    text = with_line("search", "eval_every = [0.25, 4]\neval_examples = 20")
+    experiment = load_experiment(write(folder, "ev.toml", text + "[promote]\neval_every = 0\n"))
+    assert experiment.space["eval_every"] == [0.25, 4]
+    assert experiment.promotion.fidelity == {"eval_every": 0}
+    assert experiment.base_config(eval_every=4, eval_examples=20).eval_every == 4
+
+
 def test_split_seed_is_fixed_for_every_trial(folder):
     """The validation split and samples are the study's, not a trial's: [data] split_seed, else
     a fixed seed (so a trial logged with seed 7 splits as `bertclf train --seed 7` does),
@@ -313,6 +321,10 @@ BAD = {
     "promote epochs 0": (GOOD + "[promote]\nepochs = 0\n", "promote.epochs"),
     "promote fractional epochs": (GOOD + "[promote]\nepochs = 1.5\n", "promote.epochs"),
     "zero trials": (with_line("study", "trials = 0"), "study.trials must be"),
+    "fractional eval_every steps": (with_line("search", "eval_every = [0.25, 1.5]"),
+                                    "search.eval_every = 1.5"),
+    "promote eval_examples 1": (GOOD + "[promote]\neval_examples = 1\n",
+                                "promote.eval_examples"),
     "no data path": (replaced('path = "data.tsv"\n', ""), "needs a path"),
     "not TOML": ("[data\npath = 1\n", "not valid TOML"),
 }

@@ -1,6 +1,9 @@
 """train(): learns separable data, stops early with the best weights kept, handles three
-classes, is reproducible from its seed, fails clearly on NaN and rejects bad settings."""
+classes, is reproducible from its seed, fails clearly on NaN, evaluates inside the epoch
+(`eval_every`, `eval_examples`) and rejects bad settings."""
 
+import json
+import math
 import os
 import random
 import subprocess
@@ -17,8 +20,9 @@ from bertclf.config import TrainConfig
 from bertclf.datasets import Dataset, Split
 from bertclf.encoder_map import get_encoder
 from bertclf.errors import TrainingError, UserError
+from bertclf.model import loss_and_metric
 from bertclf.tokens import make_dataset, token_ids
-from bertclf.train import train
+from bertclf.train import eval_sample, evaluation_points, evaluations_per_epoch, train
 
 POSITIVE = "good great wonderful excellent superb brilliant lovely amazing".split()
 NEGATIVE = "bad awful terrible horrible dreadful boring poor worst".split()
@@ -264,11 +268,16 @@ def test_absurd_learning_rate_raises_training_error():
     (dict(precision="float16"), "precision"),
     (dict(truncation="middle"), "truncation"),
     (dict(truncation="head+tail", head_tokens=31), "head_tokens"),
+    (dict(eval_every=-0.5), "eval_every"),
+    (dict(eval_every=float("inf")), "eval_every"),
+    (dict(eval_every=1.5), "eval_every"),
+    (dict(eval_examples=1), "eval_examples"),
 ])
 def test_validate_rejects_bad_values(changes, fragment):
     bad = config(**changes)
-    with pytest.raises(UserError, match=fragment):
+    with pytest.raises(UserError, match=fragment) as caught:
         bad.validate()
+    assert "\n" not in str(caught.value)
     # train() validates before it loads anything (data="in-memory" is no real path).
     with pytest.raises(UserError, match=fragment):
         train(bad, verbose=0)
@@ -279,3 +288,164 @@ def test_validate_accepts_the_defaults():
     config().validate()
     with pytest.raises(UserError, match="unknown training option"):
         TrainConfig.from_dict({"data": "imdb", "learning_rate": 1e-3})
+
+
+# --- evaluations inside the epoch ----------------------------------------------------------
+
+
+def test_evaluation_points_within_an_epoch():
+    """0: the epoch's end; a fraction f: ceil(1/f) evenly spaced; N: every N-th step and the
+    end. Every epoch's last evaluation is its last step."""
+    def points(every, steps):
+        return evaluation_points(config(eval_every=every), steps)
+
+    assert points(0, 10) == [10]
+    assert points(0.25, 10) == [3, 5, 8, 10]
+    assert points(0.5, 4) == [2, 4]
+    assert points(0.3, 12) == [3, 6, 9, 12], "ceil(1 / 0.3) = 4 evaluations"
+    assert points(0.01, 4) == [1, 2, 3, 4], "at most one per step"
+    assert points(3, 8) == [3, 6, 8]
+    assert points(4, 8) == [4, 8]
+    assert points(100, 8) == [8]
+    assert evaluations_per_epoch(config(eval_every=0.25), 10) == 4
+    assert evaluations_per_epoch(config(eval_every=3), 8) == 3
+
+
+def four_steps(seed: int = 11, validation_labels: list[int] | None = None) -> Dataset:
+    """32 training reviews: 4 steps of 8 (unbucketed); 20 validation reviews."""
+    rng = random.Random(seed)
+    return Dataset(train=make_split(rng, [NEGATIVE, POSITIVE], 16),
+                   validation=make_split(rng, [NEGATIVE, POSITIVE], 10,
+                                         labels=validation_labels),
+                   test=make_split(rng, [NEGATIVE, POSITIVE], 5),
+                   class_names=["neg", "pos"], source="in-memory")
+
+
+def in_epoch(**overrides) -> TrainConfig:
+    return config(epochs=2, batch_size=8, bucket=False, patience=5, **overrides)
+
+
+def recorded_run(settings: TrainConfig, dataset: Dataset, **hooks):
+    """train() with an on_evaluation that keeps its calls: (result, [(step, logs)])."""
+    calls = []
+    result = train(settings, dataset=dataset, verbose=0,
+                   on_evaluation=lambda step, logs: calls.append((step, dict(logs))), **hooks)
+    return result, calls
+
+
+@pytest.fixture(scope="module")
+def once_per_epoch():
+    return recorded_run(in_epoch(), four_steps())
+
+
+@pytest.mark.parametrize("eval_every, expected", [
+    (0.5, [(0.5, 16), (1.0, 32), (1.5, 48), (2.0, 64)]),
+    (3, [(0.75, 24), (1.0, 32), (1.75, 56), (2.0, 64)]),
+])
+def test_evaluations_inside_the_epoch(once_per_epoch, eval_every, expected):
+    """Two evaluations per epoch of 4 steps, numbered 1-4 over 2 epochs, at the expected
+    fraction of epochs and examples seen; the epochs' ends are Keras' own validation (their
+    figures are the history's) and carry the epoch's training loss and accuracy; evaluating
+    leaves training as it was (the same history as evaluating once per epoch)."""
+    result, calls = recorded_run(in_epoch(eval_every=eval_every), four_steps())
+    assert evaluations_per_epoch(result.config, 4) == 2
+    assert [step for step, _ in calls] == [1, 2, 3, 4]
+    assert [(logs["epoch"], logs["examples_seen"]) for _, logs in calls] == expected
+    base, base_calls = once_per_epoch
+    assert [step for step, _ in base_calls] == [1, 2]
+    assert [logs["epoch"] for _, logs in base_calls] == [1.0, 2.0]
+    for key, values in base.history.items():
+        np.testing.assert_allclose(result.history[key], values, rtol=0, atol=1e-5, err_msg=key)
+    for epoch, (_, logs) in enumerate(calls[1::2]):
+        assert {k: logs[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")} == {
+            k: result.history[k][epoch] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    assert all("loss" not in logs for _, logs in calls[::2])
+    assert [e["step"] for e in result.evaluations] == [1, 2, 3, 4]
+    assert all(e["full"] for e in result.evaluations)
+    assert [(e["val_loss"], e["val_accuracy"]) for e in result.evaluations] == [
+        (logs["val_loss"], logs["val_accuracy"]) for _, logs in calls]
+    # Every evaluation used the whole split, so the kept one is the best of all four.
+    losses = [e["val_loss"] for e in result.evaluations]
+    assert result.best_step == int(np.argmin(losses)) + 1
+    assert result.val_loss == min(losses)
+    assert result.best_epoch == math.ceil(result.evaluations[result.best_step - 1]["epoch"])
+    metrics = json.loads(json.dumps(result.metrics()))
+    assert metrics["evaluations"] == result.evaluations
+    assert metrics["best_step"] == result.best_step
+    assert metrics["params"]["eval_every"] == eval_every
+
+
+class ModelHolder(tf.keras.callbacks.Callback):
+    """Keeps the model being trained, for checks made while it trains."""
+
+    def on_train_begin(self, logs=None):
+        self.trained = self.model
+
+
+def test_in_epoch_evaluations_score_the_sample_and_only_epoch_ends_count():
+    """eval_examples=7 of 20: the in-epoch figures are the model's loss and accuracy on the
+    seeded sample of 7 at that moment (accuracy in sevenths), the epochs' ends are on all 20,
+    and only those count for the kept weights and the score."""
+    dataset = four_steps()
+    settings = in_epoch(eval_every=0.5, eval_examples=7)
+    sample = eval_sample(settings, token_ids(get_encoder("tiny"), dataset.validation, 32))
+    assert len(sample) == 7
+    loss_fn, _ = loss_and_metric(2)
+    holder, expected, logs_seen = ModelHolder(), [], []
+
+    def on_evaluation(step, logs):
+        if step % 2:  # in-epoch: score the sample now, with predict (no metrics touched)
+            logits = holder.trained.predict(make_dataset(sample, 64, 32, bucket=False),
+                                            verbose=0)
+            accuracy = np.mean((logits[:, 0] > 0) == sample.labels)
+            expected.append((step, float(loss_fn(sample.labels[:, None], logits)), accuracy))
+        logs_seen.append((step, logs))
+
+    result = train(settings, dataset=dataset, verbose=0, callbacks=[holder],
+                   on_evaluation=on_evaluation)
+    assert [step for step, _ in logs_seen] == [1, 2, 3, 4]
+    for step, loss, accuracy in expected:
+        logs = logs_seen[step - 1][1]
+        assert logs["val_loss"] == pytest.approx(loss, abs=1e-5)
+        assert logs["val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        assert logs["val_accuracy"] * 7 == pytest.approx(round(logs["val_accuracy"] * 7))
+    assert [e["full"] for e in result.evaluations] == [False, True, False, True]
+    assert result.best["full"] and result.best_step in (2, 4)
+    assert result.val_loss == min(result.history["val_loss"])
+    assert result.best_epoch == int(np.argmin(result.history["val_loss"])) + 1
+
+
+def test_an_error_from_on_evaluation_stops_training_inside_the_first_epoch():
+    class Pruned(Exception):
+        pass
+
+    class StepCount(tf.keras.callbacks.Callback):
+        steps = 0  # training steps begun
+
+        def on_train_batch_begin(self, batch, logs=None):
+            StepCount.steps += 1
+
+    def prune(step, logs):
+        raise Pruned(f"step {step} at epoch {logs['epoch']}")
+
+    with pytest.raises(Pruned, match="step 1 at epoch 0.25"):
+        train(in_epoch(eval_every=0.25), dataset=four_steps(), verbose=0,
+              callbacks=[StepCount()], on_evaluation=prune)
+    assert StepCount.steps == 1, "of the first epoch's 4"
+
+
+def test_early_stopping_counts_in_epoch_evaluations_and_keeps_the_best_weights():
+    """Validation labels flipped: validation loss rises once the model learns, so training
+    stops after `patience` evaluations without a better loss, inside an epoch or at its end,
+    and the model returned has the best evaluation's weights (its validation loss, afresh)."""
+    dataset = four_steps(seed=3, validation_labels=[1, 0])
+    result = train(config(epochs=4, batch_size=8, bucket=False, patience=1, eval_every=0.5),
+                   dataset=dataset, verbose=0)
+    losses = [e["val_loss"] for e in result.evaluations]
+    assert len(losses) < 8, f"patience 1 should stop before the budget: {losses}"
+    assert result.best_step == int(np.argmin(losses)) + 1
+    assert len(losses) == result.best_step + 1, "stopped at the first evaluation not better"
+    assert len(result.history["loss"]) == math.ceil(result.evaluations[-1]["epoch"]), \
+        "a stop inside an epoch is not evaluated twice"
+    assert val_loss_of(result, dataset.validation) == pytest.approx(result.val_loss, abs=1e-4)
+    assert abs(val_loss_of(result, dataset.validation) - losses[-1]) > 1e-3
