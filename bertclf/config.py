@@ -129,3 +129,20 @@ def field_types() -> dict[str, type]:
     hints = typing.get_type_hints(TrainConfig)
     return {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
             for name, hint in hints.items()}
+
+
+def evaluation_points(config: TrainConfig, steps_per_epoch: int) -> list[int]:
+    """The steps of each epoch (from 1) after which validation is evaluated, the last always
+    the epoch's last step. eval_every 0: that one only; a fraction f: ceil(1/f) evenly spaced
+    ones (at most one per step); N >= 1: every N-th step, and the epoch's end."""
+    every, steps = config.eval_every, max(1, steps_per_epoch)
+    if every >= 1:
+        return [*range(int(every), steps, int(every)), steps]
+    count = 1 if every == 0 else min(steps, math.ceil(1 / every - 1e-9))
+    return [math.ceil(k * steps / count) for k in range(1, count + 1)]
+
+
+def evaluations_per_epoch(config: TrainConfig, steps_per_epoch: int) -> int:
+    """How many validation evaluations each epoch of `config` makes: a run makes at most
+    epochs x this many (the pruners' largest step)."""
+    return len(evaluation_points(config, steps_per_epoch))

@@ -79,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     storage = open_storage(args.storage)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
-                                pruner=make_pruner(experiment.pruner, experiment.max_epochs),
+                                pruner=make_pruner(experiment.pruner,
+                                                   experiment.max_steps(len(dataset.train))),
                                 sampler=experiment.sampler)
     study.set_user_attr(EXPERIMENT_ATTR, {"path": str(experiment.path), "text": experiment.text,
                                           "data_override": experiment.data_override})

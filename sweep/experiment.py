@@ -3,13 +3,14 @@ promotion stage of a sweep (README, "Experiment files", shows every key)."""
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bertclf.config import TrainConfig, field_types
+from bertclf.config import TrainConfig, evaluations_per_epoch, field_types
 from bertclf.encoder_map import get_encoder, load_map, pretrained, unreachable
 from bertclf.errors import UserError, parse_file
 from bertclf.quiet import is_verbose
@@ -94,6 +95,15 @@ class Experiment:
         """The most epochs any trial may run (the pruners' resource)."""
         epochs = self.space.get("epochs", TrainConfig.epochs)
         return int(max(_candidates(epochs)))
+
+    def max_steps(self, train_examples: int) -> int:
+        """The most evaluation steps any trial may report (the pruners' resource): the most
+        epochs times the most evaluations per epoch (`eval_every`, smallest batch)."""
+        batch = min(_candidates(self.space.get("batch_size", TrainConfig.batch_size)))
+        steps = math.ceil(train_examples / batch)
+        return self.max_epochs * max(
+            evaluations_per_epoch(self.base_config(eval_every=every), steps)
+            for every in _candidates(self.space.get("eval_every", TrainConfig.eval_every)))
 
     def base_config(self, **values: Any) -> TrainConfig:
         """A TrainConfig from the data section plus `values`."""

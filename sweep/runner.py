@@ -98,6 +98,7 @@ class Sweep:
         self.heartbeat_seconds = heartbeat_seconds
         self.grace_seconds = grace_seconds
         self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.max_steps = experiment.max_steps(len(dataset.train))
         self.processes: WarmProcesses | None = None
         self.heartbeat: Heartbeat | None = None
         self.budget = Budget(0, None)
@@ -163,7 +164,7 @@ class Sweep:
         """Train `config` in a trial process of `slot` (or here, in-process), reporting every
         evaluation to the trial, which may prune (PrunedAt)."""
         address = TrialAddress(self.storage_url, self.study.study_name, trial.number,
-                               self.experiment.pruner, self.experiment.max_epochs)
+                               self.experiment.pruner, self.max_steps)
         job = TrialJob(config=asdict(config), dataset=self.dataset, run_id=run.run_id,
                        tracking_uri=self.tracker.tracking_uri, trial=address)
         return run_job(job) if self.in_process else self.processes.call(slot, run_job, job)

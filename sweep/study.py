@@ -72,8 +72,9 @@ def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
             time.sleep(attempt)
 
 
-# Pruner kind -> its Optuna class and our defaults. Steps are epochs, counted from 1 as in
-# MLflow; median and percentile may stop a trial after any epoch once 3 trials completed.
+# Pruner kind -> its Optuna class and our defaults. Steps are evaluations (one per epoch, or
+# `eval_every`), counted from 1 as in MLflow; median and percentile may stop a trial after any
+# evaluation once 3 trials completed.
 PRUNERS = {
     "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 1, "reduction_factor": 3}),
     "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 1}),
@@ -85,13 +86,13 @@ PRUNERS = {
 }
 
 
-def make_pruner(pruner, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The experiment's pruner (its `kind` and `settings`) on per-epoch validation accuracy;
-    hyperband's resource is the epoch, up to the experiment's `max_epochs`."""
+def make_pruner(pruner, max_steps: int) -> optuna.pruners.BasePruner:
+    """The experiment's pruner (its `kind` and `settings`) on each evaluation's accuracy;
+    hyperband's resource is the evaluation step, up to the most a trial may run."""
     cls, defaults = PRUNERS[pruner.kind]
     settings = {**defaults, **pruner.settings}
     if pruner.kind == "hyperband":
-        settings.setdefault("max_resource", max_epochs)
+        settings.setdefault("max_resource", max_steps)
     return cls(**settings)
 
 

@@ -43,3 +43,21 @@ def test_pruner_none_never_prunes(tmp_path):
     assert sorted(trial.intermediate_values) == [1, 2]
     assert all("pruned_at_epoch" not in r.data.tags
                for r in mlflow_runs(tmp_path, "unpruned").children)
+
+
+def test_pruning_inside_the_first_epoch(tmp_path):
+    """With two evaluations per epoch, the pruner that must prune stops each trial at its
+    first evaluation, half-way through epoch 1, with the same step in both stores."""
+    write_experiment(tmp_path, pruner=MUST_PRUNE, extra_search="eval_every = 0.5")
+    result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
+                       "--study", "early")
+    assert result.returncode == 0, explain(result)
+    (trial,) = load_study(tmp_path, "early").trials
+    assert trial.state.name == "PRUNED"
+    assert sorted(trial.intermediate_values) == [1]
+    run = mlflow_runs(tmp_path, "early").by_name()["trial-0"]
+    assert run.data.tags["pruned_at_step"] == "1"
+    assert run.data.tags["pruned_at_epoch"] == "0.5"
+    curve = client_for(tmp_path).get_metric_history(run.info.run_id, "val_accuracy")
+    assert {m.step: m.value for m in curve} == trial.intermediate_values
+    assert "trial 0 PRUNED in " in result.stdout and "after step 1" in result.stdout

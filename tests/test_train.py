@@ -16,13 +16,13 @@ import pytest
 import tensorflow as tf
 
 from bertclf import accel
-from bertclf.config import TrainConfig
+from bertclf.config import TrainConfig, evaluation_points, evaluations_per_epoch
 from bertclf.datasets import Dataset, Split
 from bertclf.encoder_map import get_encoder
 from bertclf.errors import TrainingError, UserError
 from bertclf.model import loss_and_metric
 from bertclf.tokens import make_dataset, token_ids
-from bertclf.train import eval_sample, evaluation_points, evaluations_per_epoch, train
+from bertclf.train import eval_sample, train
 
 POSITIVE = "good great wonderful excellent superb brilliant lovely amazing".split()
 NEGATIVE = "bad awful terrible horrible dreadful boring poor worst".split()
