@@ -140,8 +140,12 @@ def _until_done(tracker, work) -> int:
     return 0
 
 
+def _label(trial) -> str:
+    return trial if isinstance(trial, str) else f"trial {trial}"
+
+
 def _print_best(study, ui_link: str | None = None) -> None:
-    from sweep.export import chosen_model
+    from sweep.export import chosen_model, search_margin
 
     try:
         chosen = chosen_model(study)
@@ -158,12 +162,22 @@ def _print_best(study, ui_link: str | None = None) -> None:
              if k.startswith("fixed.")}
     for key, value in {**best.params, **fixed}.items():
         print(f"  {key}: {value}")
+    defaults = search_margin(study)
+    if defaults:
+        print(f"  over the defaults (trial {defaults['trial']}, same fidelity, one seed): "
+              f"val_accuracy {defaults['val_accuracy']:+.4f}, test_accuracy "
+              f"{defaults['test_accuracy']:+.4f}")
     if chosen.promotion:
         p = chosen.promotion
-        print(f"promoted winner: trial {p['trial']}, over seeds {p['seeds']}: val_accuracy "
+        print(f"promoted winner: {_label(p['trial'])}, over seeds {p['seeds']}: val_accuracy "
               f"{p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, test_accuracy "
               f"{p['test_accuracy_mean']:.4f} ± {p['test_accuracy_std']:.4f}; exported model: "
               f"seed {p['best_seed']} (run {p['run_id']})")
+        if "margin" in p:
+            m = p["margin"]
+            print(f"  over the defaults (promoted with the same seeds): val_accuracy "
+                  f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
+                  f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} (± standard error)")
     if ui_link:
         print(f"sweep: MLflow UI: {ui_link}")
 
@@ -213,7 +227,8 @@ def _promote(args: argparse.Namespace) -> int:
     promotion = Promotion(experiment, study, tracker, storage, top, seeds,
                           in_process=args.in_process, workers=args.workers,
                           heartbeat_seconds=args.heartbeat, grace_seconds=args.grace,
-                          storage_url=args.storage)
+                          storage_url=args.storage,
+                          control=args.control or experiment.promotion.control)
     tracker.open_parent(stored["path"])
     return _until_done(tracker, promotion.run)
 
@@ -307,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "the study's experiment file gave)")
     promote.add_argument("--encoder-map", help="this host's copy of the experiment's encoder "
                          "map file")
+    promote.add_argument("--control", action="store_true",
+                         help="also re-train the tool's defaults with the same seeds, to show "
+                              "what the search added (also [promote] control = true)")
     promote.add_argument("--workers", type=int, default=1,
                          help="runs trained at once; promotes on other hosts share the work")
     _liveness(promote)

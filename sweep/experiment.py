@@ -22,7 +22,7 @@ STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler", "sampler_seed", 
 # The full-fidelity stage: how many configurations, how many seeds, and what changes.
 PROMOTE_FIDELITY = {"epochs", "patience", "seq_len", "max_examples", "max_train_examples",
                     "max_val_examples", "max_test_examples", "eval_every", "eval_examples"}
-PROMOTE_KEYS = {"top", "seeds"} | PROMOTE_FIDELITY
+PROMOTE_KEYS = {"top", "seeds", "control"} | PROMOTE_FIDELITY
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - DATA_KEYS - {"data"}
 DEFAULT_SPLIT_SEED = TrainConfig.seed
 
@@ -61,6 +61,7 @@ class Promotion:
     top: int = 3
     seeds: int = 3
     fidelity: dict = field(default_factory=dict)
+    control: bool = False  # also re-train the tool's defaults, with the same seeds
 
 
 @dataclass
@@ -104,6 +105,11 @@ class Experiment:
         return self.max_epochs * max(
             evaluations_per_epoch(self.base_config(eval_every=every), steps)
             for every in _candidates(self.space.get("eval_every", TrainConfig.eval_every)))
+
+    def defaults_config(self, **values: Any) -> TrainConfig:
+        """The tool's defaults with the experiment's fixed values (and `values`)."""
+        fixed = {k: v for k, v in self.space.items() if not isinstance(v, Range | list)}
+        return self.base_config(**{**fixed, **values})
 
     def base_config(self, **values: Any) -> TrainConfig:
         """A TrainConfig from the data section plus `values`."""
@@ -216,8 +222,11 @@ def _parse_promotion(path: Path, table: Any) -> Promotion:
         value = table.get(key, getattr(Promotion, key))
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _fail(path, f"promote.{key} must be a positive integer")
+    if not isinstance(table.get("control", False), bool):
+        raise _fail(path, "promote.control must be true or false")
     return Promotion(table.get("top", Promotion.top), table.get("seeds", Promotion.seeds),
-                     {k: v for k, v in table.items() if k in PROMOTE_FIDELITY})
+                     {k: v for k, v in table.items() if k in PROMOTE_FIDELITY},
+                     table.get("control", False))
 
 
 def load_experiment(path: str | Path, data_override: str | None = None) -> Experiment:

@@ -45,8 +45,8 @@ def chosen_model(study: optuna.Study) -> ChosenModel:
     if not completed:
         raise UserError(f"study {study.study_name!r} has no completed trial")
     promotion = study.user_attrs.get(WINNER_ATTR)
-    if promotion:
-        trial = next(t for t in completed if t.number == promotion["trial"])
+    if promotion:  # the control (the defaults) has no trial: the best one's stands in
+        trial = next((t for t in completed if t.number == promotion["trial"]), study.best_trial)
         return ChosenModel(trial, promotion["run_id"], promotion["model_uri"], promotion)
     trial = study.best_trial
     if "model_uri" not in trial.user_attrs:
@@ -55,18 +55,32 @@ def chosen_model(study: optuna.Study) -> ChosenModel:
                        None)
 
 
+def search_margin(study: optuna.Study) -> dict | None:
+    """The best trial's accuracies minus those of the trial that ran the tool's defaults
+    (each new study's first), at the search's fidelity; None without a completed one."""
+    from sweep.space import DEFAULTS_ATTR
+
+    completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    defaults = next((t for t in completed if t.user_attrs.get(DEFAULTS_ATTR)), None)
+    if defaults is None:
+        return None
+    best = study.best_trial
+    return {"trial": defaults.number, "val_accuracy": best.value - defaults.value,
+            "test_accuracy": best.user_attrs["test_accuracy"]
+            - defaults.user_attrs["test_accuracy"]}
+
+
 def model_card(study: optuna.Study, chosen: ChosenModel, tracking_uri: str) -> dict:
     """Provenance, parameters and metrics of the chosen model (and its promotion)."""
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(tracking_uri).get_run(chosen.run_id)
     metrics = run.data.metrics
-    # What the model was trained with: the trial's values, and a promotion's seed and fidelity.
-    params = {k.removeprefix("fixed."): v for k, v in chosen.trial.user_attrs.items()
-              if k.startswith("fixed.")}
-    params.update(chosen.trial.params)
-    for key in ("seed", *(chosen.promotion or {}).get("fidelity", {})):
-        params[key] = field_types()[key](run.data.params[key])
+    # What the model was trained with, as its run recorded it: the searched and fixed values,
+    # the seed, and a promotion's fidelity.
+    keys = {k.removeprefix("fixed.") for k in chosen.trial.user_attrs if k.startswith("fixed.")}
+    keys |= {*chosen.trial.params, "seed", *(chosen.promotion or {}).get("fidelity", {})}
+    params = {key: _typed(key, run.data.params[key]) for key in sorted(keys)}
     card = {"study": study.study_name, "trial": chosen.trial.number,
             "mlflow_run_id": chosen.run_id, "model_uri": chosen.model_uri, "params": params,
             "metrics": {"val_accuracy": metrics["best_val_accuracy"],
@@ -75,7 +89,16 @@ def model_card(study: optuna.Study, chosen: ChosenModel, tracking_uri: str) -> d
                         "best_epoch": int(metrics["best_epoch"])}}
     if chosen.promotion:
         card["promotion"] = chosen.promotion
+    card["over_defaults_at_search_fidelity"] = search_margin(study)
     return card
+
+
+def _typed(key: str, text: str):
+    """A run parameter (logged as text) as its TrainConfig field's type."""
+    kind = field_types()[key]
+    if kind is bool:
+        return text == "True"
+    return None if text == "None" else kind(text)
 
 
 def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str) -> Path:

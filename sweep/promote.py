@@ -37,18 +37,32 @@ WINNER_ATTR = "promotion"  # study attribute: the promoted winner, as `best` sho
 STAGE, PROMOTES, SEED, FIDELITY = "sweep.stage", "sweep.promotes_trial", "sweep.seed", \
     "sweep.fidelity"
 CLAIM = "sweep.claim"  # the number of its claim in the claims study
+CONTROL_TAG = "sweep.control"  # "true" on the control arm's runs: the tool's defaults
 # Attributes of a claim (a trial of the claims study)
 RUN_KEY = "sweep.run"  # which run it claims: trial, seed and fidelity
 WITHDRAWN = "sweep.withdrawn"  # withdrawn: another claim of the same run came first
 
 
+CONTROL = "defaults"  # the control arm's name where a trial's number would be
+
+
 @dataclass
 class Candidate:
-    """One searched configuration and its full-fidelity runs by seed."""
+    """One searched configuration (or, with no trial, the control: the tool's defaults)
+    and its full-fidelity runs by seed."""
 
-    trial: optuna.trial.FrozenTrial
+    trial: optuna.trial.FrozenTrial | None
     config: TrainConfig
     runs: dict[int, dict] = field(default_factory=dict)  # seed -> metrics, run id, model
+
+    @property
+    def label(self) -> str:
+        """"trial N", or "defaults" for the control."""
+        return f"trial {self.trial.number}" if self.trial else CONTROL
+
+    @property
+    def run_name(self) -> str:
+        return f"trial-{self.trial.number}" if self.trial else CONTROL
 
     def summary(self) -> dict:
         """The model card's `promotion` object for this configuration."""
@@ -56,13 +70,26 @@ class Candidate:
         val = [self.runs[s]["val_accuracy"] for s in seeds]
         test = [self.runs[s]["test_accuracy"] for s in seeds]
         best = max(seeds, key=lambda s: self.runs[s]["val_accuracy"])
-        return {"trial": self.trial.number, "seeds": seeds, "val_accuracy": val,
+        return {"trial": self.trial.number if self.trial else CONTROL, "seeds": seeds,
+                "val_accuracy": val,
                 "test_accuracy": test, "val_accuracy_mean": statistics.fmean(val),
                 "val_accuracy_std": statistics.stdev(val) if len(val) > 1 else 0.0,
                 "test_accuracy_mean": statistics.fmean(test),
                 "test_accuracy_std": statistics.stdev(test) if len(test) > 1 else 0.0,
                 "best_seed": best, "run_id": self.runs[best]["run_id"],
                 "model_uri": self.runs[best]["model_uri"]}
+
+
+def margin(winner: dict, control: dict) -> dict:
+    """The winner's mean accuracies minus the control's, with the standard error of each
+    difference over seeds (0 where a side has one seed)."""
+    out = {}
+    for key in ("val_accuracy", "test_accuracy"):
+        a, b = winner[key], control[key]
+        variance = sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1)
+        out[key] = statistics.fmean(a) - statistics.fmean(b)
+        out[f"{key}_se"] = variance ** 0.5
+    return out
 
 
 def top_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -141,7 +168,8 @@ class Promotion:
                  storage: optuna.storages.BaseStorage, top: int, seeds: int,
                  in_process: bool = False, workers: int = 1,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 grace_seconds: float = GRACE_SECONDS, storage_url: str = ""):
+                 grace_seconds: float = GRACE_SECONDS, storage_url: str = "",
+                 control: bool = False):
         self.experiment, self.study, self.tracker = experiment, study, tracker
         self.fidelity = experiment.promotion.fidelity
         self.fidelity_key = json.dumps(self.fidelity, sort_keys=True)
@@ -152,12 +180,16 @@ class Promotion:
         self.seeds = seeds
         if not self.candidates:
             raise UserError(f"study {study.study_name!r} has no completed trial to promote")
+        if control:  # the tool's defaults at the same fidelity, with the same seeds
+            seed = self.candidates[0].config.seed
+            self.candidates.append(Candidate(None, experiment.defaults_config(
+                **{**self.fidelity, "seed": seed})))
         self.storage, self.storage_url = storage, storage_url
         self.claims = Claims(study.study_name, storage)
         self.heartbeat_seconds, self.grace_seconds = heartbeat_seconds, grace_seconds
 
     def key(self, candidate: Candidate, seed: int) -> str:
-        return f"trial {candidate.trial.number} seed {seed} at {self.fidelity_key}"
+        return f"{candidate.label} seed {seed} at {self.fidelity_key}"
 
     def _reconcile(self) -> None:
         """Fail the claims of dead promotes, and end their runs left RUNNING as FAILED."""
@@ -220,7 +252,7 @@ class Promotion:
                     candidate, seed = queue.pop(0)
                 claimed = self.claims.claim(self.key(candidate, seed))
                 if claimed is None:
-                    print(f"promote: trial {candidate.trial.number} seed {seed} is another "
+                    print(f"promote: {candidate.label} seed {seed} is another "
                           "promote's", flush=True)
                     continue
                 trial, trial_id = claimed
@@ -255,13 +287,15 @@ class Promotion:
                call_in_process, stop: threading.Event) -> None:
         """Train one claimed run; its run and claim end as it did, failures recorded."""
         config = replace(candidate.config, seed=seed)
-        number = candidate.trial.number
+        number = candidate.trial.number if candidate.trial else CONTROL
+        label = candidate.label
         tags = {STAGE: "promotion", PROMOTES: str(number), SEED: str(seed),
-                FIDELITY: self.fidelity_key, CLAIM: str(trial.number)}
-        print(f"promote: trial {number} seed {seed} started", flush=True)
+                FIDELITY: self.fidelity_key, CLAIM: str(trial.number),
+                **({CONTROL_TAG: "true"} if candidate.trial is None else {})}
+        print(f"promote: {label} seed {seed} started", flush=True)
         run, state, value, error = None, TrialState.FAIL, None, None
         try:
-            run = self.tracker.start_child_run(f"promote-trial-{number}-seed-{seed}",
+            run = self.tracker.start_child_run(f"promote-{candidate.run_name}-seed-{seed}",
                                                {**run_params(config), "promotes_trial": number},
                                                tags, inputs)
             trial.set_user_attr("run_id", run.run_id)
@@ -279,7 +313,7 @@ class Promotion:
             trial.set_user_attr("error", error[:1000])
             if not isinstance(e, Exception):
                 raise
-            print(f"promote: trial {number} seed {seed} FAIL: {error.splitlines()[0][:200]} "
+            print(f"promote: {label} seed {seed} FAIL: {error.splitlines()[0][:200]} "
                   "(run `sweep promote` again to retry it)", flush=True)
         finally:
             frozen = retry(lambda: self.claims.study.tell(trial, value, state,
@@ -292,23 +326,34 @@ class Promotion:
             candidate.runs[seed] = {"val_accuracy": value,
                                     "test_accuracy": outcome["test_accuracy"],
                                     "run_id": run.run_id, "model_uri": outcome["model_uri"]}
-            print(f"promote: trial {number} seed {seed}: val_accuracy={value:.4f} "
+            print(f"promote: {label} seed {seed}: val_accuracy={value:.4f} "
                   f"test_accuracy={outcome['test_accuracy']:.4f} "
                   f"({outcome['train_seconds']:.0f}s training)", flush=True)
 
     def _choose(self) -> dict:
-        ranked = sorted((c.summary() for c in self.candidates if c.runs),
-                        key=lambda s: (-s["val_accuracy_mean"], s["trial"]))
+        summaries = [(c.label, c.summary()) for c in self.candidates if c.runs]
+        ranked = [s for _, s in sorted(summaries, key=lambda ls: -ls[1]["val_accuracy_mean"])]
         if not ranked:
             raise TrainingError("no promotion run finished; run `sweep promote` again")
-        for s in ranked:
-            print(f"promote: trial {s['trial']}: val_accuracy {s['val_accuracy_mean']:.4f} "
+        for label, s in sorted(summaries, key=lambda ls: -ls[1]["val_accuracy_mean"]):
+            print(f"promote: {label}: val_accuracy {s['val_accuracy_mean']:.4f} "
                   f"± {s['val_accuracy_std']:.4f}, test_accuracy {s['test_accuracy_mean']:.4f}"
                   f" ± {s['test_accuracy_std']:.4f} over seeds {s['seeds']}", flush=True)
         winner = {**ranked[0], "fidelity": self.fidelity,
                   "candidates": [{k: s[k] for k in ("trial", "val_accuracy_mean",
                                                     "val_accuracy_std", "test_accuracy_mean")}
                                  for s in ranked]}
+        control = next((s for s in ranked if s["trial"] == CONTROL), None)
+        if control:
+            winner["control"] = {k: control[k] for k in (
+                "seeds", "val_accuracy", "test_accuracy", "val_accuracy_mean",
+                "test_accuracy_mean", "run_id")}
+            winner["margin"] = margin(ranked[0], control)
+            m = winner["margin"]
+            print(f"promote: over the defaults (control, same seeds): val_accuracy "
+                  f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
+                  f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} (± standard error)"
+                  + (": the defaults won" if ranked[0] is control else ""), flush=True)
         self.study.set_user_attr(WINNER_ATTR, winner)
         client, parent = self.tracker.client, self.tracker.parent_run_id
         client.set_tag(parent, "promoted_trial", str(winner["trial"]))
