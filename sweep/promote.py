@@ -359,7 +359,8 @@ class Promotion:
         client.set_tag(parent, "promoted_trial", str(winner["trial"]))
         for key in ("val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean"):
             client.log_metric(parent, f"promoted_{key}", winner[key])
-        print(f"promote: winner trial {winner['trial']} (best mean validation accuracy); "
+        label = CONTROL if winner["trial"] == CONTROL else f"trial {winner['trial']}"
+        print(f"promote: winner {label} (best mean validation accuracy); "
               f"its seed-{winner['best_seed']} model is the one `best --export` writes",
               flush=True)
         return winner
