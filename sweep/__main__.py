@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bertclf.cli import command_parser, run_command
 from bertclf.errors import UserError
-from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS
+from sweep.masking import mask
+from sweep.study import DEFAULT_STORAGE, HEARTBEAT_SECONDS, check_study_name
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
@@ -35,13 +36,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--in-process runs one trial at a time: drop --workers")
     # Bad input is found before anything is written.
     experiment = load_experiment(args.experiment, data_override=args.data)
+    name = check_study_name(experiment.study_name if args.study is None else args.study)
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
         print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here: "
               + "; ".join(f"{name} ({why})" for name, why in dropped.items())
               + f"; searching {', '.join(map(str, experiment.space['encoder']))}", flush=True)
     dataset = load_experiment_data(experiment)
-    name = args.study or experiment.study_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
@@ -53,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.timeout * 60 if args.timeout else (
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
     print(f"sweep: study {name!r} ({len(study.trials)} trial(s) so far), "
-          f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
+          f"{trials} more, storage {mask(args.storage)}, MLflow {mask(args.tracking_uri)}",
+          flush=True)
     sweep = Sweep(experiment, dataset, study, tracker, args.storage, in_process=args.in_process)
     tracker.open_parent(str(experiment.path))
     if dropped:
@@ -76,7 +78,7 @@ def _open_tracker(tracking_uri: str, study, created: bool = False):
     fixed = tracker.reconcile()
     if fixed:
         print(f"sweep: ended {fixed} run(s) left RUNNING by a dead worker as FAILED")
-    print(f"sweep: MLflow UI: {tracker.ui_link()}", flush=True)
+    print(mask(f"sweep: MLflow UI: {tracker.ui_link()}"), flush=True)
     return tracker
 
 
@@ -103,36 +105,43 @@ def _until_done(study, tracker, work) -> int:
 
 
 def _print_best(study, ui_link: str | None = None) -> None:
+    print(mask("\n".join(_best_lines(study, ui_link))))
+
+
+def _best_lines(study, ui_link: str | None) -> list[str]:
+    """What `best` (and the end of `run`) says about the chosen model."""
     from sweep.export import chosen_model
 
     try:
         chosen = chosen_model(study)
     except UserError as e:
-        print(f"sweep: {e}" if "no completed trial" not in str(e)
-              else "sweep: no trial has completed yet")
-        return
+        return [f"sweep: {e}" if "no completed trial" not in str(e)
+                else "sweep: no trial has completed yet"]
     best = study.best_trial
-    print(f"best trial: {best.number} of study {study.study_name!r}")
-    print(f"  val_accuracy:  {best.value:.4f}")
-    print(f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}")
-    print(f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}")
+    lines = [f"best trial: {best.number} of study {study.study_name!r}",
+             f"  val_accuracy:  {best.value:.4f}",
+             f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}",
+             f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}"]
     fixed = {k.removeprefix("fixed."): v for k, v in best.user_attrs.items()
              if k.startswith("fixed.")}
-    for key, value in {**best.params, **fixed}.items():
-        print(f"  {key}: {value}")
+    lines += [f"  {key}: {value}" for key, value in {**best.params, **fixed}.items()]
     if chosen.promotion:
         p = chosen.promotion
-        print(f"promoted winner: trial {p['trial']}, over seeds {p['seeds']}: val_accuracy "
-              f"{p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, test_accuracy "
-              f"{p['test_accuracy_mean']:.4f} ± {p['test_accuracy_std']:.4f}; exported model: "
-              f"seed {p['best_seed']} (run {p['run_id']})")
+        lines.append(f"promoted winner: trial {p['trial']}, over seeds {p['seeds']}: "
+                     f"val_accuracy {p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, "
+                     f"test_accuracy {p['test_accuracy_mean']:.4f} ± "
+                     f"{p['test_accuracy_std']:.4f}; exported model: seed {p['best_seed']} "
+                     f"(run {p['run_id']})")
     if ui_link:
-        print(f"sweep: MLflow UI: {ui_link}")
+        lines.append(f"sweep: MLflow UI: {ui_link}")
+    return lines
 
 
 def _load(args: argparse.Namespace):
     from sweep.study import check_storage_exists, load_existing_study, open_storage
 
+    if args.study is not None:
+        check_study_name(args.study)
     check_storage_exists(args.storage)
     return load_existing_study(args.study, open_storage(args.storage, heartbeat=None))
 
@@ -145,7 +154,7 @@ def _best(args: argparse.Namespace) -> int:
     if args.export is not None:
         from sweep.export import export_chosen
 
-        out = Path(args.export or Path("exported") / study.study_name)
+        out = Path(args.export or Path("exported") / check_study_name(study.study_name))
         export_chosen(study, out, args.force, args.tracking_uri)
     if args.register:
         from sweep.export import register_chosen
