@@ -30,11 +30,11 @@ from sweep_helpers import (
 
 from sweep.export import RELOAD_CHECK
 from sweep.masking import mask
-from sweep.tracking import mlflow_stores
 
 SECRET = "S3CRET"
 STUDY = "safe"
 BAD_STORAGE = f"postgresql://user:{SECRET}@127.0.0.1:1/x"
+RUN = ("run", "--trials", 1, "--experiment", "exp.toml")
 
 
 def test_mask_hides_every_url_password():
@@ -74,7 +74,7 @@ def secured(tmp_path_factory):
         stores = ("--study", STUDY, "--tracking-uri", secret_uri)
         outputs = {}
         for name, args in (
-                ("run", ("run", "--trials", 2, "--experiment", "exp.toml", *stores)),
+                ("run", (*RUN, *stores)),
                 ("trials", ("trials", *stores)),
                 ("best", ("best", *stores, "--export", "out")),
                 ("promote", ("promote", *stores, "--top", 1, "--seeds", 1)),
@@ -95,7 +95,7 @@ def test_the_password_is_in_no_output_tag_param_or_file(secured):
     client = MlflowClient(plain)
     experiment = client.get_experiment_by_name(STUDY)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert len(runs) >= 4  # the parent, 2 trials, a promotion run
+    assert len(runs) >= 3  # the parent, a trial, a promotion run
     for run in runs:
         assert not [v for v in {**run.data.tags, **run.data.params}.values() if SECRET in v]
     files = [p for p in folder.rglob("*") if p.is_file()]
@@ -118,17 +118,17 @@ def test_a_failing_connection_is_one_line_without_the_password(secured):
 # --- study names ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../x", "/tmp/x", "", ".hidden", "a b"])
-def test_unsafe_study_names_are_refused_before_anything_is_written(tmp_path, name):
+@pytest.mark.parametrize("name, command", [
+    ("../x", RUN), ("/tmp/x", RUN), ("", RUN), ("../x", ("trials",)),
+    ("/tmp/x", ("best", "--export", "--force")), (".hidden", ("promote",))])
+def test_unsafe_study_names_are_refused_before_anything_is_written(tmp_path, name, command):
     write_experiment(tmp_path)
     before = sorted(tmp_path.iterdir())
-    for args in (("run", "--trials", 1, "--experiment", "exp.toml"), ("trials",),
-                 ("best", "--export", "--force")):
-        result = sweep_cli(tmp_path, *args, "--study", name)
-        assert result.returncode == 2, explain(result)
-        lines = error_lines(result.stderr)
-        assert len(lines) == 1 and lines[0].startswith(
-            f"sweep: error: study name {name!r} is not allowed"), lines
+    result = sweep_cli(tmp_path, *command, "--study", name)
+    assert result.returncode == 2, explain(result)
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sweep: error: study name {name!r} is not allowed"), lines
     assert sorted(p for p in tmp_path.iterdir() if p.name != "tmp") == before
 
 
@@ -200,15 +200,17 @@ def test_a_failed_export_leaves_the_old_one_and_no_temporary_folder(secured):
 def test_a_large_request_predicts_as_one_text_at_a_time(secured):
     import mlflow
 
-    folder, plain, _, _ = secured
+    folder = secured[0]
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    model_uri = optuna.load_study(study_name=STUDY, storage=storage).best_trial.user_attrs[
-        "model_uri"]
+    model_id = optuna.load_study(study_name=STUDY, storage=storage).best_trial.user_attrs[
+        "model_uri"].split("/")[-1]
+    # the logged model as the server stored it (loaded from its folder: no HTTP in this test)
+    [logged] = [p.parent for p in (folder / "mlartifacts").rglob("MLmodel")
+                if model_id in p.parts]
     rng = random.Random(1)
     texts = [" ".join(rng.choice(POSITIVE + NEGATIVE + ["film", "the"])
                       for _ in range(rng.randint(1, 40))) for _ in range(200)]
-    with mlflow_stores(plain):
-        model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(str(logged))
     whole = model.predict(pd.DataFrame({"text": texts}))  # 64 at a time: 4 batches
     one_by_one = pd.concat([model.predict(pd.DataFrame({"text": [t]})) for t in texts],
                            ignore_index=True)
@@ -218,4 +220,4 @@ def test_a_large_request_predicts_as_one_text_at_a_time(secured):
     for other in (one_by_one, small_batches):
         assert list(other["label"]) == list(whole["label"])
         np.testing.assert_allclose(other["probability"], whole["probability"], atol=1e-6)
-    assert len(set(whole["label"])) == 2
+    assert whole["probability"].nunique() > 10  # the texts get different answers
