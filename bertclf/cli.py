@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
 
 from bertclf import quiet
@@ -30,18 +31,24 @@ def parse_bool(value: str) -> bool:
 
 def run_command(prog: str, command: Callable[[], int | None]) -> int:
     """Run a command line's work: user errors are one stderr line and exit status 2, a
-    failed training run 1, Ctrl-C 130."""
+    failed training run 1, Ctrl-C 130, a bug its traceback and 1; passwords in URLs are
+    masked in every one."""
+    from bertclf.masking import mask
+
     try:
         return command() or 0
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(mask(f"{prog}: error: {e}"), file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"{prog}: failed: {e}", file=sys.stderr)
+        print(mask(f"{prog}: failed: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        print(mask(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 class _Verbose(argparse.Action):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from bertclf.cli import command_parser, run_command
 from bertclf.errors import UserError
+from bertclf.masking import mask
 from sweep.ownership import GRACE_SECONDS, HEARTBEAT_SECONDS
-from sweep.study import DEFAULT_STORAGE
+from sweep.study import DEFAULT_STORAGE, check_study_name
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
@@ -68,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     slots = _worker_slots(args, 1 if args.in_process else args.workers)
     # Bad input is found before anything is written.
     experiment = load_experiment(args.experiment, data_override=args.data)
+    name = check_study_name(experiment.study_name if args.study is None else args.study)
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
         print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here "
@@ -75,7 +77,6 @@ def _run(args: argparse.Namespace) -> int:
               f"{', '.join(map(str, experiment.space['encoder']))}{per_encoder(dropped)}",
               flush=True)
     dataset = load_experiment_data(experiment)
-    name = args.study or experiment.study_name
     storage = open_storage(args.storage)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
@@ -93,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.timeout * 60 if args.timeout else (
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
     print(f"sweep: study {name!r} ({len(study.trials)} trial(s) so far), "
-          f"{trials} more, storage {args.storage}, MLflow {args.tracking_uri}", flush=True)
+          f"{trials} more, storage {mask(args.storage)}, MLflow {mask(args.tracking_uri)}",
+          flush=True)
     sweep = Sweep(experiment, dataset, study, tracker, storage, args.storage,
                   in_process=args.in_process, heartbeat_seconds=args.heartbeat,
                   grace_seconds=args.grace)
@@ -117,7 +119,7 @@ def _open_tracker(tracking_uri: str, study, storage, grace: float, created: bool
     fixed = tracker.reconcile()
     if fixed:
         print(f"sweep: ended {fixed} run(s) left RUNNING by a dead worker as FAILED")
-    print(f"sweep: MLflow UI: {tracker.ui_link()}", flush=True)
+    print(mask(f"sweep: MLflow UI: {tracker.ui_link()}"), flush=True)
     return tracker
 
 
@@ -145,47 +147,55 @@ def _label(trial) -> str:
 
 
 def _print_best(study, ui_link: str | None = None) -> None:
+    print(mask("\n".join(_best_lines(study, ui_link))))
+
+
+def _best_lines(study, ui_link: str | None) -> list[str]:
+    """What `best` (and the end of `run`) says about the chosen model."""
     from sweep.export import chosen_model, search_margin
 
     try:
         chosen = chosen_model(study)
     except UserError as e:
-        print(f"sweep: {e}" if "no completed trial" not in str(e)
-              else "sweep: no trial has completed yet")
-        return
+        return [f"sweep: {e}" if "no completed trial" not in str(e)
+                else "sweep: no trial has completed yet"]
     best = study.best_trial
-    print(f"best trial: {best.number} of study {study.study_name!r}")
-    print(f"  val_accuracy:  {best.value:.4f}")
-    print(f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}")
-    print(f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}")
+    lines = [f"best trial: {best.number} of study {study.study_name!r}",
+             f"  val_accuracy:  {best.value:.4f}",
+             f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}",
+             f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}"]
     fixed = {k.removeprefix("fixed."): v for k, v in best.user_attrs.items()
              if k.startswith("fixed.")}
-    for key, value in {**best.params, **fixed}.items():
-        print(f"  {key}: {value}")
+    lines += [f"  {key}: {value}" for key, value in {**best.params, **fixed}.items()]
     defaults = search_margin(study)
     if defaults:
-        print(f"  over the defaults (trial {defaults['trial']}, same fidelity, one seed): "
-              f"val_accuracy {defaults['val_accuracy']:+.4f}, test_accuracy "
-              f"{defaults['test_accuracy']:+.4f}")
+        lines.append(f"  over the defaults (trial {defaults['trial']}, same fidelity, one "
+                     f"seed): val_accuracy {defaults['val_accuracy']:+.4f}, test_accuracy "
+                     f"{defaults['test_accuracy']:+.4f}")
     if chosen.promotion:
         p = chosen.promotion
-        print(f"promoted winner: {_label(p['trial'])}, over seeds {p['seeds']}: val_accuracy "
-              f"{p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, test_accuracy "
-              f"{p['test_accuracy_mean']:.4f} ± {p['test_accuracy_std']:.4f}; exported model: "
-              f"seed {p['best_seed']} (run {p['run_id']})")
+        lines.append(f"promoted winner: {_label(p['trial'])}, over seeds {p['seeds']}: "
+                     f"val_accuracy {p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, "
+                     f"test_accuracy {p['test_accuracy_mean']:.4f} ± "
+                     f"{p['test_accuracy_std']:.4f}; exported model: seed {p['best_seed']} "
+                     f"(run {p['run_id']})")
         if "margin" in p:
             m = p["margin"]
-            print(f"  over the defaults (promoted with the same seeds): val_accuracy "
-                  f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
-                  f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} (± standard error)")
+            lines.append(f"  over the defaults (promoted with the same seeds): val_accuracy "
+                         f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
+                         f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} "
+                         "(± standard error)")
     if ui_link:
-        print(f"sweep: MLflow UI: {ui_link}")
+        lines.append(f"sweep: MLflow UI: {ui_link}")
+    return lines
 
 
 def _load(args: argparse.Namespace, with_storage: bool = False):
     """The study that --study names (and the storage, if asked)."""
     from sweep.study import check_storage_exists, load_existing_study, open_storage
 
+    if args.study is not None:
+        check_study_name(args.study)
     check_storage_exists(args.storage)
     storage = open_storage(args.storage)
     study = load_existing_study(args.study, storage)
@@ -200,7 +210,7 @@ def _best(args: argparse.Namespace) -> int:
     if args.export is not None:
         from sweep.export import export_chosen
 
-        out = Path(args.export or Path("exported") / study.study_name)
+        out = Path(args.export or Path("exported") / check_study_name(study.study_name))
         export_chosen(study, out, args.force, args.tracking_uri)
     if args.register:
         from sweep.export import register_chosen

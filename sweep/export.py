@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import optuna
 
 from bertclf.config import field_types
 from bertclf.errors import UserError
+from bertclf.masking import mask
 from sweep.promote import WINNER_ATTR
 from sweep.tracking import mlflow_stores
 
@@ -102,33 +102,69 @@ def _typed(key: str, text: str):
 
 
 def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str) -> Path:
-    """Write the chosen model's SavedModel to `out` with model_card.json beside it."""
-    import mlflow
-
-    from bertclf.outdir import check_out_dir, make_out_dir
+    """Write the chosen model's SavedModel to `out` with model_card.json beside it. The new
+    folder is built and checked beside `out` and swapped in whole: whatever fails, `out`
+    keeps its old export and no temporary folder is left."""
+    from bertclf.outdir import check_out_dir
 
     chosen = chosen_model(study)
     check_out_dir(out, force)
-    with tempfile.TemporaryDirectory(prefix="sweep-export-") as tmp, mlflow_stores(tracking_uri):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.model_uri,
-                                                         dst_path=tmp))
-        shutil.copytree(local / "artifacts" / "saved_model", make_out_dir(out, force),
-                        dirs_exist_ok=True)
-    check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(out)],
-                           capture_output=True, text=True)
-    if check.returncode != 0:
-        raise RuntimeError(f"exported model at {out} does not reload: {check.stderr[-500:]}")
-    card = model_card(study, chosen, tracking_uri)
-    bundled = out / "assets.extra" / "bertclf.json"
-    if bundled.is_file():
-        extra = json.loads(bundled.read_text())
-        card.update(data=extra.get("data"), encoder=extra.get("encoder"),
-                    class_names=extra.get("class_names"))
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UserError(f"output folder {out}: holds the current folder, choose another")
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.export-",
+                                     dir=out.absolute().parent) as work:
+        new = _build_export(study, chosen, Path(work), tracking_uri)
+        _swap_in(new, out, Path(work) / "old")
     what = "the promoted winner, trial" if chosen.promotion else "trial"
     print(f"exported {what} {chosen.trial.number} to {out} (reload checked), "
           f"model card {out / 'model_card.json'}")
     return out
+
+
+def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path,
+                  tracking_uri: str) -> Path:
+    """The chosen model's SavedModel and model card in `work`/new, its reload checked."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow_stores(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.model_uri,
+                                                             dst_path=str(work / "download")))
+    except (MlflowException, OSError) as e:
+        raise UserError(f"cannot download the model of trial {chosen.trial.number} "
+                        f"({chosen.model_uri}): {str(e).strip().splitlines()[0][:300]}") from None
+    new = work / "new"
+    (local / "artifacts" / "saved_model").rename(new)
+    check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(new)],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise UserError(f"the model of trial {chosen.trial.number} ({chosen.model_uri}) does "
+                        f"not reload, nothing was exported: {last}")
+    card = model_card(study, chosen, tracking_uri)
+    bundled = new / "assets.extra" / "bertclf.json"
+    if bundled.is_file():
+        extra = json.loads(bundled.read_text())
+        card.update(data=extra.get("data"), encoder=extra.get("encoder"),
+                    class_names=extra.get("class_names"))
+    (new / "model_card.json").write_text(mask(json.dumps(card, indent=2)) + "\n")
+    return new
+
+
+def _swap_in(new: Path, out: Path, old: Path) -> None:
+    """Put folder `new` at `out`, moving what was there to `old` (a path on the same disk);
+    the old export is put back if the new one cannot be moved in."""
+    if out.exists() or out.is_symlink():
+        out.rename(old)  # a symbolic link moves as itself: what it points at is never removed
+    try:
+        new.rename(out)
+    except OSError as e:
+        if old.exists() or old.is_symlink():
+            old.rename(out)
+        raise UserError(f"output folder {out}: cannot move the new export in "
+                        f"({e.strerror}); the old one is kept") from None
 
 
 def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: str) -> str:

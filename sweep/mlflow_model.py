@@ -12,9 +12,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+BATCH_SIZE = 64  # texts per forward pass: a large request takes the memory of one batch
+
 
 class SavedModelClassifier(mlflow.pyfunc.PythonModel):
-    """Raw texts in; predicted label, its probability and the logits out."""
+    """Raw texts in (a column, "text" if there is one, or a list); out, one row per text:
+    the predicted `label` (a class name) and its `probability`.
+
+    Texts go through the SavedModel `BATCH_SIZE` at a time, so memory is bounded whatever
+    the request's size and the answer is the same as for smaller requests.
+    `params={"batch_size": N}` changes the batch where the model was logged with a params
+    schema that declares `batch_size`; MLflow drops params that its signature lacks.
+    """
 
     def load_context(self, context):
         import tensorflow as tf
@@ -35,16 +44,24 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
             texts = model_input[column].astype(str).tolist()
         else:
             texts = [str(t) for t in np.ravel(model_input)]
-        logits = self.model(tf.constant(texts)).numpy()
-        if logits.shape[1] == 1:
-            positive = 1 / (1 + np.exp(-logits[:, 0]))
-            probs = np.stack([1 - positive, positive], axis=1)
-        else:
-            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
+        batch = int((params or {}).get("batch_size") or BATCH_SIZE)
+        if batch < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch}")
+        probs = np.concatenate([_probabilities(self.model(tf.constant(texts[i:i + batch])))
+                                for i in range(0, len(texts), batch)] or [np.zeros((0, 2))])
         best = probs.argmax(axis=1)
         return pd.DataFrame({"label": [self.class_names[i] for i in best],
                              "probability": probs[np.arange(len(best)), best]})
+
+
+def _probabilities(logits) -> np.ndarray:
+    """Class probabilities of one batch's logits (one sigmoid logit or a softmax row)."""
+    logits = logits.numpy()
+    if logits.shape[1] == 1:
+        positive = 1 / (1 + np.exp(-logits[:, 0]))
+        return np.stack([1 - positive, positive], axis=1)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 mlflow.models.set_model(SavedModelClassifier())

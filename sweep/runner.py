@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from bertclf.config import TrainConfig
 from bertclf.datasets import Dataset
+from bertclf.masking import mask
 from sweep.experiment import Experiment
-from sweep.masking import mask
 from sweep.ownership import (
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import importlib.util
 import itertools
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TypeVar
 import optuna
 
 from bertclf.errors import UserError
+from bertclf.masking import mask
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE = "val_accuracy"  # what every study maximises (its name in optuna-dashboard)
@@ -68,7 +70,8 @@ def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
         except Exception as e:
             message = str(e).strip() or type(e).__name__
             if attempt >= attempts or not any(s in message for s in SCHEMA_RACE):
-                raise UserError(f"cannot open {what}: {message.splitlines()[0][:300]}") from None
+                raise UserError(mask(f"cannot open {what}: {message.splitlines()[0][:300]}")
+                                ) from None
             time.sleep(attempt)
 
 
@@ -178,7 +181,7 @@ def check_storage_exists(url: str) -> None:
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (
         url if "://" not in url else None)
     if path is not None and not Path(path).is_file():
-        raise UserError(f"no Optuna storage at {url}: run `python -m sweep run` first, "
+        raise UserError(f"no Optuna storage at {mask(url)}: run `python -m sweep run` first, "
                         "or pass --storage")
 
 
@@ -195,3 +198,17 @@ def load_existing_study(name: str | None, storage: optuna.storages.BaseStorage) 
         listed = f" (studies: {', '.join(names)})" if names else " (the storage has none)"
         raise UserError(f"no study named {name!r}{listed}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+STUDY_NAME_MAX = 128
+
+
+def check_study_name(name: str) -> str:
+    """`name` if it is safe as one folder name (exported/<study>): letters, digits, `.`, `_`
+    and `-`, not starting with `.` or `-`, no `..`; else a UserError."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name or len(name) > STUDY_NAME_MAX:
+        raise UserError(f"study name {name!r} is not allowed: use up to {STUDY_NAME_MAX} "
+                        "letters, digits, '.', '_' and '-', not starting with '.' or '-' "
+                        "and without '..'")
+    return name

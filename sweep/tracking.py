@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from bertclf.config import TrainConfig
 from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
 from bertclf.encoder_map import get_encoder
+from bertclf.masking import mask
 from sweep.ownership import retry
 from sweep.study import retry_schema_race
 
@@ -89,13 +90,13 @@ def dataset_inputs(dataset: Dataset) -> list[DatasetInput]:
 
 def ui_link(tracking_uri: str, experiment_id: str) -> str:
     """An experiment in the MLflow UI, on its Model-training page (MLflow 3's UI otherwise
-    opens the GenAI workflow, an empty traces page for a sweep)."""
+    opens the GenAI workflow, an empty traces page for a sweep); passwords masked."""
     remote = tracking_uri.startswith(("http://", "https://"))
     base = tracking_uri.rstrip("/") if remote else LOCAL_UI
     link = f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
     if remote:
-        return link
-    return f"{link} (serve it with: mlflow ui --backend-store-uri {tracking_uri})"
+        return mask(link)
+    return mask(f"{link} (serve it with: mlflow ui --backend-store-uri {tracking_uri})")
 
 
 def study_ui_link(tracking_uri: str, study_name: str) -> str | None:
