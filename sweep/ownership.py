@@ -25,6 +25,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from bertclf.masking import mask
+
 OWNER_ATTR = "sweep.owner"  # {"host", "boot", "pid", "started"} of the process running it
 BEAT_ATTR = "sweep.heartbeat"  # unix time of the owner's last heartbeat
 HEARTBEAT_SECONDS = 10
@@ -173,9 +175,10 @@ class Heartbeat:
                     self.remove(trial_id)
                 except Exception as e:
                     self.failures += 1
+                    first = str(e).splitlines()[0][:120] if str(e) else ""
                     print(f"sweep: heartbeat write failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); "
-                          "trying again at the next beat", file=sys.stderr, flush=True)
+                          f"{mask(first)}); trying again at the next beat", file=sys.stderr,
+                          flush=True)
 
     def close(self) -> None:
         self._stop.set()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -131,8 +130,6 @@ def _log_model(job: TrialJob, saved_model: Path) -> str:
 
     from sweep.tracking import mlflow_stores
 
-    # The model takes a column of raw strings; MLflow's type-hint advice does not apply.
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     with mlflow_stores(job.tracking_uri), mlflow.start_run(run_id=job.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
                                        artifacts={"saved_model": str(saved_model)},
