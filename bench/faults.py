@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def worker(argv: list[str]) -> int:
     return main([a for a in args.sweep_args if a != "--"])
 
 
+def this_checkout() -> dict:
+    """The environment with this checkout first on the import path (the sweep processes run
+    in the stores' folder, where `python -m` would find an installed copy)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def other_host_checker(storage: str, study: str, grace: float) -> subprocess.Popen:
     """The checker in a UTS namespace named other-host (plain, if unshare is refused)."""
     command = [sys.executable, "-c", CHECKER, storage, study, str(grace)]
@@ -93,7 +101,7 @@ def other_host_checker(storage: str, study: str, grace: float) -> subprocess.Pop
     if unshare and subprocess.run([unshare, "--uts", "true"]).returncode == 0:
         command = [unshare, "--uts", "--fork", "sh", "-c",
                    'hostname other-host && exec "$@"', "sh", *command]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=this_checkout())
 
 
 def burn() -> None:
@@ -130,7 +138,7 @@ def main(argv: list[str]) -> int:
             [sys.executable, "-m", "bench.faults", "worker", "--fail-every",
              str(args.fail_every), "--", "run", "--trials", str(args.trials), "--workers",
              str(args.workers), "--heartbeat", "1", "--experiment", "exp.toml", "--study",
-             study], cwd=folder, capture_output=True, text=True)
+             study], cwd=folder, capture_output=True, text=True, env=this_checkout())
     finally:
         seconds = time.monotonic() - started
         checker.kill()
