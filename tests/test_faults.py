@@ -72,7 +72,7 @@ def test_failed_heartbeat_writes_never_fail_a_live_trial(tmp_path):
     try:
         sweep = subprocess.run(
             [sys.executable, "-m", "bench.faults", "worker", "--fail-every", "2", "--",
-             "run", "--trials", 2, "--workers", 2, "--heartbeat", 1, "--experiment",
+             "run", "--trials", "2", "--workers", "2", "--heartbeat", "1", "--experiment",
              "exp.toml", "--study", "beats"], cwd=tmp_path, env=sweep_env(tmp_path),
             capture_output=True, text=True, timeout=900)
         assert sweep.returncode == 0, explain(sweep)
