@@ -143,3 +143,26 @@ class WarmProcesses:
             for spare in self._spares.values():
                 spare.close()
             self._spares.clear()
+
+
+def run_workers(work: Callable[[int], None], slots: int, in_process: bool,
+                interrupt: Callable[[], None]) -> None:
+    """`work(slot)` for every slot, each in a thread of its own (in this thread if
+    `in_process`), until all return. Ctrl-C (KeyboardInterrupt, which only the main thread
+    gets) calls `interrupt()` to end their work, waits for them, and raises."""
+    threads = [threading.Thread(target=work, args=(slot,), name=f"worker-{slot}")
+               for slot in range(0 if in_process else slots)]
+    try:
+        if in_process:
+            work(0)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except KeyboardInterrupt:
+        interrupt()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join()
+        raise

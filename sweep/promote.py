@@ -26,7 +26,7 @@ from sweep.ownership import (
     fail_dead_trials,
     retry,
 )
-from sweep.processes import WarmProcesses
+from sweep.processes import WarmProcesses, run_workers
 from sweep.runner import load_experiment_data, short
 from sweep.study import open_storage
 from sweep.tracking import Tracker, dataset_inputs, run_params
@@ -263,22 +263,12 @@ class Promotion:
                 finally:
                     heartbeat.remove(trial_id)
 
-        threads = [threading.Thread(target=work, args=(slot,)) for slot in range(self.workers)]
-        try:
-            if self.in_process:
-                work(0)
-            for thread in threads if not self.in_process else ():
-                thread.start()
-            for thread in threads if not self.in_process else ():
-                while thread.is_alive():
-                    thread.join(0.5)
-        except KeyboardInterrupt:
+        def interrupt() -> None:
             stop.set()
             processes.kill()
-            for thread in threads:
-                if thread.is_alive():
-                    thread.join()
-            raise
+
+        try:
+            run_workers(work, self.workers, self.in_process, interrupt)
         finally:
             processes.close()
             heartbeat.close()

@@ -22,7 +22,7 @@ from sweep.ownership import (
     fail_dead_trials,
     retry,
 )
-from sweep.processes import WarmProcesses
+from sweep.processes import WarmProcesses, run_workers
 from sweep.space import suggest_config
 from sweep.study import open_storage
 from sweep.tracking import RUN_ID_ATTR, ChildRun, Tracker, dataset_inputs
@@ -199,13 +199,13 @@ class Sweep:
         completed = sorted(self.study.get_trials(deepcopy=False, states=[
             TrialState.COMPLETE]), key=lambda t: (-t.value, t.number))
         for trial in completed[keep:]:
-            if "model_uri" not in trial.user_attrs or trial.number in self._dropped:
+            if "model_uri" not in trial.user_attrs or trial.number in self._decided:
                 continue
             if self.tracker.drop_model(trial.user_attrs[RUN_ID_ATTR],
                                        trial.user_attrs["model_uri"]):
                 print(f"sweep: dropped the logged model of trial {trial.number} (keep_models "
                       f"= {keep})", flush=True)
-            self._dropped.add(trial.number)
+            self._decided.add(trial.number)
 
     def _work(self, slot: int) -> None:
         while self.budget.take():
@@ -230,27 +230,17 @@ class Sweep:
         started = time.perf_counter()
         slots = slots or [{}]
         self.budget = Budget(trials, timeout_seconds)
-        self._dropped: set[int] = set()
+        self._decided: set[int] = set()  # trials whose model was dropped, or must stay
         self.heartbeat = Heartbeat(lambda: open_storage(self.storage_url),
                                    self.heartbeat_seconds)
         self.processes = WarmProcesses(trials, PRELOAD, slots)
-        workers = [threading.Thread(target=self._work, args=(slot,), name=f"worker-{slot}")
-                   for slot in range(len(slots))]
-        try:
-            if self.in_process:
-                self._work(0)
-            for worker in workers if not self.in_process else ():
-                worker.start()
-            for worker in workers if not self.in_process else ():
-                while worker.is_alive():
-                    worker.join(0.5)
-        except KeyboardInterrupt:
+
+        def interrupt() -> None:
             self.budget.stop.set()
             self.processes.kill()  # each worker's trial then ends as failed
-            for worker in workers:
-                if worker.is_alive():
-                    worker.join()
-            raise
+
+        try:
+            run_workers(self._work, len(slots), self.in_process, interrupt)
         finally:
             self.processes.close()
             self.heartbeat.close()
