@@ -24,7 +24,8 @@ from bertclf.hf.checkpoint import (
     read_tensors,
     read_vocab,
 )
-from bertclf.hf.convert import bert_config, encoder_values, lower_case, tokenizer_notes
+from bertclf.hf.convert import bert_config, encoder_values
+from bertclf.hf.tokenizer import lower_case, tokenizer_notes
 from bertclf.hf.verify import check_encoder
 
 if TYPE_CHECKING:
