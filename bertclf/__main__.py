@@ -135,6 +135,9 @@ def _import_hf(args: argparse.Namespace) -> None:
     print(f"imported {record['model_type']} checkpoint {src} into {dest} "
           f"(tokenizer: {record['tokenizer']}, lower_case={record['lower_case']}, "
           f"pooler: {record['pooler']}, seq_len {args.seq_len})")
+    check = record["check"]
+    print(f"checked: the encoder matches the NumPy reference within {check['max_difference']:.1g}"
+          f" (tolerance {check['tolerance']:g}) on {check['sequences']} sequences of token ids")
     for note in record["notes"]:
         print(f"note: {note}")
     print("\nadd this entry to an encoder map file (--encoder-map FILE or "

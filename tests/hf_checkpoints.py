@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from bertclf.hf import install
+from bertclf.hf import install, reference
 from bertclf.tiny import TINY_VOCAB
 
 # isort: split
@@ -152,6 +152,16 @@ def padded_batch(vocab_size: int, seed: int = 1):
         mask[row, :length] = 1
     types[1, 4:7] = 1
     return ids, mask, types
+
+
+def reference_outputs(folder: Path, ids, mask, types) -> dict[str, np.ndarray]:
+    """The NumPy reference on a checkpoint folder, read here (config.json, model.safetensors)
+    rather than by the importer's own reading code."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    prefix = config["model_type"] + "."
+    tensors = {name.removeprefix(prefix): value
+               for name, value in load_file(str(folder / "model.safetensors")).items()}
+    return reference.forward(config, tensors, ids, mask, types)
 
 
 def encode(dest: Path, ids, mask, types, layer=None):

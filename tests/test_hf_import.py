@@ -15,6 +15,7 @@ from hf_checkpoints import (
     max_errors,
     minilm_installed,
     padded_batch,
+    reference_outputs,
 )
 
 from bertclf.bert_encoder import INPUT_NAMES
@@ -23,7 +24,6 @@ from bertclf.hf.install import import_checkpoint, import_record, minilm_checkpoi
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.
-import numpy_bert
 import tensorflow as tf
 import tensorflow_hub as hub
 from tokenizers import BertWordPieceTokenizer
@@ -60,13 +60,16 @@ def test_import_matches_numpy_reference(imported, kind):
     ids, mask, types = padded_batch(CHECKPOINTS[kind].get("vocab_size", SMALL["vocab_size"]))
     layer = hub.KerasLayer(str(dest / "encoder"))
     outputs = encode(dest, ids, mask, types, layer)
-    reference = numpy_bert.run(src, ids, mask, types)
+    reference = reference_outputs(src, ids, mask, types)
     errors = max_errors(outputs, reference)
     print(kind, errors)
     assert max(errors.values()) < TOLERANCE, errors
     layers = CHECKPOINTS[kind].get("num_hidden_layers", SMALL["num_hidden_layers"])
     assert len(outputs["encoder_outputs"]) == layers
     record = import_record(dest)
+    # import-hf's own check against the reference passed (or nothing would have been written).
+    assert record["check"]["sequences"] == 3
+    assert record["check"]["max_difference"] <= record["check"]["tolerance"]
     assert record["model_type"] == CHECKPOINTS[kind]["model_type"]
     assert record["tokenizer"] == ("sentencepiece" if kind == "albert-spiece" else "wordpiece")
     assert record["pooler"] == ("identity" if kind == "electra" else "checkpoint")
@@ -84,7 +87,7 @@ def test_minilm_matches_numpy_reference(minilm):
                                      TEXTS[1], "bad"]))
     ids, mask, types = (inputs[k].numpy() for k in INPUT_NAMES)
     assert mask[0].sum() < 128 and mask[-1].sum() == 3  # padding is exercised
-    errors = max_errors(encode(dest, ids, mask, types), numpy_bert.run(src, ids, mask, types),
+    errors = max_errors(encode(dest, ids, mask, types), reference_outputs(src, ids, mask, types),
                         mask)
     print("minilm", errors)
     assert errors["sequence_output"] < TOLERANCE and errors["pooled_output"] < TOLERANCE, errors

@@ -3,6 +3,7 @@ tensors, the encoder-map entry and `python -m bertclf import-hf`."""
 
 import importlib.util
 import json
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from hf_checkpoints import minilm_installed, write_checkpoint
 from safetensors.numpy import load_file, save_file
 
-from bertclf.__main__ import build_parser
+from bertclf.__main__ import build_parser, main
+from bertclf.bert_encoder import build_bert_encoder, encoder_weights
 from bertclf.errors import EncoderError
-from bertclf.hf import install
+from bertclf.hf import convert, install
 from bertclf.hf.checkpoint import encoder_tensors, read_checkpoint, read_tensors
 from bertclf.hf.convert import bert_config, encoder_values
 from bertclf.hf.install import import_checkpoint, import_record, map_entry, minilm_checkpoint
@@ -92,7 +94,8 @@ def _break(folder: Path, how: str) -> None:
     ("no weights", r"no model\.safetensors or pytorch_model\.bin"),
     ("torch bin", r"needs torch.*model\.safetensors"),
     ("missing tensor", r"tensor 'encoder\.layer\.1\.output\.dense\.weight' is missing"),
-    ("bad shape", r"'encoder\.layer\.1\.output\.dense\.weight' has shape \[32, 63\]"),
+    ("bad shape", r"'encoder\.layer\.1\.output\.dense\.weight' has shape \[32, 63\], which does "
+                  r"not make transformer_layer_1/output_dense/kernel of shape \[64, 32\]"),
     ("more layers", r"'encoder\.layer\.1\..*' belongs to the encoder"),
 ])
 def test_bad_checkpoints_fail_clearly(tmp_path, how, message):
@@ -132,10 +135,40 @@ def test_bert_without_pooler_gets_identity_pooler(tmp_path):
     config = bert_config(checkpoint)
     tensors = read_tensors(checkpoint.weights)
     del tensors["pooler.dense.weight"], tensors["pooler.dense.bias"]
-    values, pooler = encoder_values(checkpoint, config, tensors)
+    variables = encoder_weights(build_bert_encoder(config))
+    shapes = {name: tuple(v.shape) for name, v in variables.items()}
+    values, pooler = encoder_values(checkpoint, config, tensors, shapes)
     assert pooler == "identity"
     assert (values["pooler_dense/kernel"] == np.eye(32)).all()
     assert (values["pooler_dense/bias"] == 0).all()
+
+
+def test_wrong_weight_map_is_refused(imported, tmp_path, monkeypatch, capsys):
+    """An injected fault in the weight map (the query kernels taken as torch stores them, not
+    transposed) fails the check against the NumPy reference: one line, exit 2, nothing written."""
+    src, good = imported("bert")
+    query = "encoder.layer.{i}.attention.self.query.weight"
+
+    def not_transposed(x, heads):
+        return x.reshape(x.shape[0], heads, -1)
+
+    table = [(theirs, ours, not_transposed if theirs == query else transform, models)
+             for theirs, ours, transform, models in convert.WEIGHT_MAP]
+    assert sum(row != old for row, old in zip(table, convert.WEIGHT_MAP, strict=True)) == 1
+    monkeypatch.setattr(convert, "WEIGHT_MAP", table)
+    assert main(["import-hf", str(src), str(tmp_path / "dest"), "--seq-len", "48"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(r"bertclf: error: \S+: the converted encoder's (sequence|pooled)_output "
+                        r"differs from the NumPy reference by \S+ \(tolerance 0\.001\) on 3 "
+                        r"sequences; nothing was written\n", captured.err), captured.err
+    # An out-of-date import of the same checkpoint is left as it was.
+    shutil.copytree(good, tmp_path / "copy")
+    before = {p: p.read_bytes() for p in (tmp_path / "copy").rglob("*") if p.is_file()}
+    with pytest.raises(EncoderError, match="differs from the NumPy reference"):
+        import_checkpoint(src, tmp_path / "copy", seq_len=32)
+    assert {p: p.read_bytes() for p in (tmp_path / "copy").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
 
 
 def test_old_layer_norm_names_and_prefixes():
@@ -165,7 +198,10 @@ def test_map_entry_and_command(imported, capsys):
     args.run(args)  # already imported: reused
     printed = capsys.readouterr().out
     assert printed.startswith(f"imported bert checkpoint {src} into {dest} (tokenizer: wordpiece, "
-                              "lower_case=True, pooler: checkpoint, seq_len 48)\n")
+                              "lower_case=True, pooler: checkpoint, seq_len 48)\nchecked: the "
+                              "encoder matches the NumPy reference within ")
+    check = import_record(dest)["check"]
+    assert f"within {check['max_difference']:.1g} (tolerance 0.001) on 3 sequences" in printed
     assert f"--encoder {dest}" in printed
     table = printed[printed.index("[encoders."):printed.index("or use the folder")]
     spec = tomllib.loads(table)["encoders"]["small-bert"]

@@ -1,7 +1,6 @@
 """Our TF Hub format BERT models load and behave like the real TF Hub ones."""
 
 import importlib.util
-import math
 import shutil
 from pathlib import Path
 
@@ -183,44 +182,3 @@ def test_weights_are_seeded_and_distinct():
         weights[f"transformer_layer_0/self_attention/{n}/kernel"] for n in ("query", "key")
     )
     assert not np.allclose(query, key)
-
-
-def _layer_norm(x, w, prefix):
-    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + 1e-12) * w[prefix + "/gamma"] + w[prefix + "/beta"]
-
-
-def _dense(x, w, prefix, spec="...d,de->...e"):
-    return np.einsum(spec, x, w[prefix + "/kernel"]) + w[prefix + "/bias"]
-
-
-def test_matches_numpy_reference_bert():
-    """Post-LN BERT with exact GELU, 1/sqrt(d) attention, padding mask and projection."""
-    config = BertConfig(30, hidden_size=8, num_heads=2, intermediate_size=16, embedding_size=6)
-    model = build_bert_encoder(config, seed=3)
-    w = {k: v.numpy() for k, v in encoder_weights(model).items()}
-    ids = np.array([[2, 5, 7, 9, 3, 0, 0]])
-    mask, types = (ids != 0).astype(np.int32), np.array([[0, 0, 0, 1, 1, 0, 0]])
-    out = model({"input_word_ids": ids, "input_mask": mask, "input_type_ids": types})
-
-    h = w["word_embeddings/embeddings"][ids] + w["position_embeddings/embeddings"][:7]
-    h = _layer_norm(h + w["type_embeddings/embeddings"][types], w, "embeddings_layer_norm")
-    h = _dense(h, w, "embedding_projection")
-    for i in range(config.num_layers):
-        p = f"transformer_layer_{i}/"
-        q, k, v = (
-            _dense(h, w, p + "self_attention/" + n, "btd,dnh->btnh")
-            for n in ("query", "key", "value")
-        )
-        scores = np.einsum("btnh,bsnh->bnts", q, k) / 2.0 - 1e9 * (1 - mask[:, None, None, :])
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        context = np.einsum("bnts,bsnh->btnh", probs, v)
-        attended = _dense(context, w, p + "self_attention/attention_output", "btnh,nhd->btd")
-        h = _layer_norm(h + attended, w, p + "attention_layer_norm")
-        inner = _dense(h, w, p + "intermediate")
-        inner = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / math.sqrt(2)))
-        h = _layer_norm(h + _dense(inner, w, p + "output_dense"), w, p + "output_layer_norm")
-    pooled = np.tanh(_dense(h[:, 0], w, "pooler_dense"))
-    np.testing.assert_allclose(out["sequence_output"], h, atol=1e-5)
-    np.testing.assert_allclose(out["pooled_output"], pooled, atol=1e-5)

