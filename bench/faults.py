@@ -115,8 +115,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fail-every", type=int, default=10,
                         help="every Nth heartbeat write raises (default 10)")
-    parser.add_argument("--grace", type=float, default=5.0,
-                        help="the other-host checker's grace in seconds (default 5)")
+    parser.add_argument("--grace", type=float, default=90.0,
+                        help="the other-host checker's grace in seconds (default 90: longer "
+                             "than SQLite's 60-second lock wait, as the grace must be)")
     parser.add_argument("--folder", help="where the stores go (default: a temporary folder)")
     args = parser.parse_args(argv)
     import optuna
