@@ -24,7 +24,7 @@ from sweep.ownership import (
 )
 from sweep.processes import WarmProcesses, run_workers
 from sweep.space import suggest_config
-from sweep.study import open_storage
+from sweep.study import ask, open_storage
 from sweep.tracking import RUN_ID_ATTR, ChildRun, Tracker, dataset_inputs
 from sweep.trial import PRELOAD, PrunedAt, TrialAddress, TrialJob, run_job
 
@@ -109,7 +109,7 @@ class Sweep:
     def trial(self, slot: int) -> optuna.trial.FrozenTrial:
         """Ask for a trial, run it and tell its result; the MLflow run ends as the study
         says the trial ended, with the reason where it failed, whatever stage it failed at."""
-        trial = self.study.ask()
+        trial = ask(self.study, self.storage_url)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
                                                                        trial.number)
         run: ChildRun | None = None

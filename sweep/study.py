@@ -45,9 +45,11 @@ SCHEMA_RACE = ("already exists", "duplicate key", "alembic_version",
 
 
 @contextlib.contextmanager
-def _sqlite_lock(url: str):
-    """Hold an exclusive lock beside a SQLite database: SQLite cannot roll back a schema
-    migration half done, so workers on one machine create and upgrade tables one at a time."""
+def sqlite_lock(url: str):
+    """Hold an exclusive lock beside a SQLite database (threads and processes alike; nothing
+    for other URLs): SQLite cannot roll back a schema migration half done, so workers on one
+    machine create and upgrade tables one at a time, and its reads are not locked for the
+    write that follows, so a queued trial is taken under it (`ask`)."""
     if not url.startswith("sqlite:///"):
         yield
         return
@@ -65,7 +67,7 @@ def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
     there the next time). Any other failure is a UserError at once."""
     for attempt in itertools.count(1):
         try:
-            with _sqlite_lock(url):
+            with sqlite_lock(url):
                 return open_store()
         except Exception as e:
             message = str(e).strip() or type(e).__name__
@@ -174,6 +176,13 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, *,
 
     study.sampler = make_sampler(sampler or Sampler(), sampler_seed + len(study.trials))
     return study, created
+
+
+def ask(study: optuna.Study, url: str) -> optuna.Trial:
+    """`study.ask()`, taking a queued trial (the defaults, a dead worker's re-run) for one
+    asker only: PostgreSQL locks the row it takes; SQLite needs the lock file."""
+    with sqlite_lock(url):
+        return study.ask()
 
 
 def check_storage_exists(url: str) -> None:
