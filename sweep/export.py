@@ -82,7 +82,7 @@ def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str
     """Write the chosen model's SavedModel to `out` with model_card.json beside it."""
     import mlflow
 
-    from bertclf.outdir import check_out_dir, make_out_dir
+    from bertclf.outdir import card_path, check_out_dir, make_out_dir
 
     chosen = chosen_model(study)
     check_out_dir(out, force)
@@ -96,7 +96,7 @@ def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str
     if check.returncode != 0:
         raise RuntimeError(f"exported model at {out} does not reload: {check.stderr[-500:]}")
     card = model_card(study, chosen, tracking_uri)
-    bundled = out / "assets.extra" / "bertclf.json"
+    bundled = card_path(out)
     if bundled.is_file():
         extra = json.loads(bundled.read_text())
         card.update(data=extra.get("data"), encoder=extra.get("encoder"),
