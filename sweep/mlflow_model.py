@@ -22,7 +22,7 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
 
         path = context.artifacts["saved_model"]
         self.model = tf.saved_model.load(path)
-        card = Path(path) / "assets.extra" / "bertclf.json"
+        card = Path(path) / "assets.extra" / "bertclf.json"  # bertclf.outdir.card_path
         self.class_names = json.loads(card.read_text())["class_names"]
 
     # MLflow warns about a predict without a type hint; for a DataFrame it neither converts
@@ -36,6 +36,7 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
         else:
             texts = [str(t) for t in np.ravel(model_input)]
         logits = self.model(tf.constant(texts)).numpy()
+        # bertclf.export.probabilities, copied: this file is all a logged model carries.
         if logits.shape[1] == 1:
             positive = 1 / (1 + np.exp(-logits[:, 0]))
             probs = np.stack([1 - positive, positive], axis=1)
