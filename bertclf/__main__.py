@@ -4,50 +4,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from bertclf.cli import command_parser, parse_bool, run_command
-from bertclf.errors import UserError
 from bertclf.quiet import load_tensorflow
+
+
+def add_config_flag(parser: argparse.ArgumentParser, name: str, **settings) -> None:
+    """TrainConfig's field `name` as a --flag: its type, and its help from the field's
+    metadata with the default appended, unless `settings` (argparse's) say otherwise."""
+    from bertclf.config import TrainConfig, field_types, help_text
+
+    value_type = field_types()[name]
+    default = next(f.default for f in fields(TrainConfig) if f.name == name)
+    shown = "" if default in (None, MISSING) else f" (default: {default})"
+    options = {"dest": name, "type": parse_bool if value_type is bool else value_type,
+               "help": (help_text(name) + shown).replace("%", "%%"), **settings}
+    parser.add_argument("--" + name.replace("_", "-"), **options)
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The TrainConfig fields as --flags (defaults come from TrainConfig)."""
-    from bertclf.config import TrainConfig, field_types
+    from bertclf.config import TrainConfig
 
-    helps = {
-        "data": "'imdb', an archive, a folder of <class>/*.txt, or a CSV/TSV/Parquet file",
-        "encoder": "a name from `python -m bertclf encoders`, or a folder with encoder/ and "
-                   "preprocess/",
-        "encoder_map": "a TOML file adding to or overriding the encoder map",
-        "max_examples": "stratified, seeded sample of at most N examples from each split",
-        "lr_schedule": "constant | linear (warmup, then linear decay to 0)",
-        "wd_schedule": "lr (each step removes weight_decay x the step's lr) | constant "
-                       "(x the peak lr) | piecewise (x the peak lr, then x0.1, x0.01 at 50%%/75%%"
-                       " of steps)",
-        "truncation": "head | tail | head+tail: which tokens of a too-long text are kept",
-        "head_tokens": "head+tail: tokens kept from the start (default: a quarter of seq_len)",
-        "split_seed": "seed of the validation split and samples (default: --seed)",
-        "patience": "evaluations without a better validation loss before stopping (with "
-                    "--eval-examples: epochs)",
-        "eval_every": "validation inside the epoch: a fraction of an epoch (0.25: four "
-                      "evaluations) or every N steps; 0 (default): once per epoch",
-        "eval_examples": "a seeded sample of N validation examples for the in-epoch "
-                         "evaluations (the epochs' ends use the whole split)",
-        "bucket": "batch by length and pad each batch to its longest (true/false)",
-        "jit_compile": "XLA (true/false); default: on with a GPU (auto-clustering under mixed "
-                       "precision)",
-        "precision": "auto | float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU, oneDNN); "
-                     "auto: mixed_float16 with a GPU, mixed_bfloat16 on CPUs with native "
-                     "bfloat16, float32 elsewhere",
-    }
     for f in fields(TrainConfig):
-        value_type = field_types()[f.name]
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
-                            type=parse_bool if value_type is bool else value_type,
-                            required=f.name == "data", default=argparse.SUPPRESS,
-                            help=helps.get(f.name, f"default: {f.default}"))
+        add_config_flag(parser, f.name, required=f.name == "data", default=argparse.SUPPRESS)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -79,9 +61,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    if not (Path(args.model_dir) / "saved_model.pb").is_file():
-        raise UserError(f"{args.model_dir}: not an exported model (no saved_model.pb); pass "
-                        "the saved_model/ folder that `bertclf train` wrote")
+    from bertclf.outdir import check_exported
+
+    check_exported(args.model_dir)
     load_tensorflow()
     from bertclf.export import predict
 
@@ -92,23 +74,23 @@ def _predict(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from bertclf.config import TrainConfig
+    from bertclf.config import Hardware
+    from bertclf.datasets import load_dataset
+    from bertclf.outdir import check_exported
+    from bertclf.splits import SPLIT_NAMES
 
-    if not (Path(args.model_dir) / "saved_model.pb").is_file():
-        raise UserError(f"{args.model_dir}: not an exported model (no saved_model.pb)")
-    cap = {"train": "max_train_examples", "validation": "max_val_examples",
-           "test": "max_test_examples"}[args.split]
-    config = TrainConfig(data=args.data, text_column=args.text_column,
-                         label_column=args.label_column, val_fraction=args.val_fraction,
-                         split_seed=args.split_seed, precision=args.precision,
-                         **{cap: args.max_examples})
-    config.validate()
-    dataset = config.load_data()
+    check_exported(args.model_dir)
+    hardware = Hardware(precision=args.precision)
+    hardware.validate()
+    caps = {name: args.max_examples if name == args.split else None for name in SPLIT_NAMES}
+    dataset = load_dataset(args.data, text_column=args.text_column,
+                           label_column=args.label_column, val_fraction=args.val_fraction,
+                           max_examples=caps, seed=args.split_seed)
     load_tensorflow()
     from bertclf.evaluate import evaluate_export
 
     split = getattr(dataset, args.split)
-    scores = evaluate_export(args.model_dir, split, dataset.class_names, args.precision)
+    scores = evaluate_export(args.model_dir, split, dataset.class_names, hardware)
     print(f"{args.split}_accuracy {scores['accuracy']:.4f} {args.split}_loss "
           f"{scores['loss']:.4f} on {scores['examples']} {args.split} examples "
           f"({scores['precision']})")
@@ -167,6 +149,8 @@ def add_import_command(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bertclf.config import TrainConfig
+
     parser, commands = command_parser("python -m bertclf", __doc__)
 
     train = commands.add_parser("train", help="fine-tune one classifier")
@@ -183,17 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score an exported model on labelled data")
     evaluate.add_argument("model_dir", help="an exported saved_model/ folder")
-    evaluate.add_argument("--data", required=True, help="as for train: 'imdb', an archive, a "
-                          "folder or a CSV/TSV/Parquet file")
     evaluate.add_argument("--split", choices=("test", "validation", "train"), default="test",
                           help="which split to score (default test)")
     evaluate.add_argument("--max-examples", type=int, help="a stratified sample of the split")
-    evaluate.add_argument("--split-seed", type=int, default=42,
-                          help="the seed the model was trained with (its validation split)")
-    evaluate.add_argument("--val-fraction", type=float, default=0.2)
-    evaluate.add_argument("--text-column", default="text")
-    evaluate.add_argument("--label-column", default="label")
-    evaluate.add_argument("--precision", default="auto", help="as for train")
+    add_config_flag(evaluate, "data", required=True)
+    add_config_flag(evaluate, "split_seed", default=TrainConfig.seed,
+                    help="the seed the model was trained with: its validation split "
+                    f"(default: {TrainConfig.seed})")
+    for name in ("val_fraction", "text_column", "label_column", "precision"):
+        add_config_flag(evaluate, name, default=getattr(TrainConfig, name))
     evaluate.add_argument("--json", metavar="PATH", help="also write the scores as JSON")
     evaluate.set_defaults(run=_evaluate)
 

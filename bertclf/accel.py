@@ -1,4 +1,5 @@
-"""How a run uses the hardware: its precision (float32, or TensorFlow's mixed-precision graph
+"""How TensorFlow work uses the hardware (`Hardware`: a run's `config.hardware`, or built on its
+own where nothing trains): its precision (float32, or TensorFlow's mixed-precision graph
 rewrite, which reaches into SavedModel encoders) and XLA. README's "Mixed precision and XLA"
 says why the rewrite is used rather than Keras' policies."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from bertclf.config import TrainConfig
+from bertclf.config import Hardware
 from bertclf.errors import UserError
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
@@ -34,36 +35,36 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
-def resolve_precision(config: TrainConfig) -> str:
+def resolve_precision(hardware: Hardware) -> str:
     """The precision a run uses: as configured, or for "auto" mixed_float16 on a GPU,
     mixed_bfloat16 on a CPU with native bfloat16, float32 elsewhere."""
-    if config.precision != "auto":
-        return config.precision
+    if hardware.precision != "auto":
+        return hardware.precision
     if has_gpu():
         return "mixed_float16"
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def xla_enabled(config: TrainConfig) -> bool:
+def xla_enabled(hardware: Hardware) -> bool:
     """Whether the run uses XLA: as configured, else when a GPU is present."""
-    if config.jit_compile is not None:
-        return config.jit_compile
+    if hardware.jit_compile is not None:
+        return hardware.jit_compile
     return has_gpu()
 
 
-def keras_jit_compile(config: TrainConfig) -> bool:
+def keras_jit_compile(hardware: Hardware) -> bool:
     """Keras' `jit_compile` for the run. XLA compiles the step before the mixed-precision
     rewrite runs, which would silently train in float32, so under mixed precision XLA comes
     from auto-clustering (set by `precision_rewrites`) instead."""
-    return xla_enabled(config) and resolve_precision(config) == "float32"
+    return xla_enabled(hardware) and resolve_precision(hardware) == "float32"
 
 
 @contextmanager
-def precision_rewrites(config: TrainConfig) -> Iterator[None]:
+def precision_rewrites(hardware: Hardware) -> Iterator[None]:
     """Inside the block, this process's graph rewrites are those the run's precision and XLA
     need; afterwards they are restored, so that a run's precision does not leak into the
     caller's later predictions or the next run."""
-    precision = resolve_precision(config)
+    precision = resolve_precision(hardware)
     if precision == "mixed_float16" and not has_gpu():
         raise UserError("precision mixed_float16 needs a GPU (TensorFlow's float16 rewrite "
                         "only runs there); on a CPU use mixed_bfloat16 or float32")
@@ -73,7 +74,7 @@ def precision_rewrites(config: TrainConfig) -> Iterator[None]:
               "auto_mixed_precision_onednn_bfloat16": precision == "mixed_bfloat16"}
     tf.config.optimizer.set_experimental_options(wanted)
     mixed = precision != "float32"
-    tf.config.optimizer.set_jit("autoclustering" if mixed and xla_enabled(config) else False)
+    tf.config.optimizer.set_jit("autoclustering" if mixed and xla_enabled(hardware) else False)
     try:
         yield
     finally:
@@ -83,14 +84,14 @@ def precision_rewrites(config: TrainConfig) -> Iterator[None]:
 
 
 def with_loss_scaling(optimizer: tf.keras.optimizers.Optimizer,
-                      config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+                      hardware: Hardware) -> tf.keras.optimizers.Optimizer:
     """`optimizer` wrapped in dynamic loss scaling where the precision needs it (float16)."""
-    if resolve_precision(config) == "mixed_float16":
+    if resolve_precision(hardware) == "mixed_float16":
         return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
 
 
-def hardware_used(config: TrainConfig) -> dict:
-    """What the run used, for metrics.json and the run's tags."""
-    return {"gpu": has_gpu(), "precision": resolve_precision(config),
-            "xla": xla_enabled(config)}
+def hardware_used(hardware: Hardware) -> dict:
+    """What `hardware` comes to on this machine, for metrics.json and the run's tags."""
+    return {"gpu": has_gpu(), "precision": resolve_precision(hardware),
+            "xla": xla_enabled(hardware)}

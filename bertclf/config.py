@@ -1,14 +1,21 @@
-"""The settings of one fine-tuning run (no TensorFlow import, so the sweep's parent stays light)."""
+"""The settings of one fine-tuning run, and of the hardware any TensorFlow work runs on (no
+TensorFlow import, so the sweep's parent stays light). Each field's help text is its
+metadata (`help(name)`): the command line's flags and README are built from and checked
+against it."""
 
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
+from typing import TYPE_CHECKING
 
-from bertclf.datasets import Dataset, load_dataset
 from bertclf.errors import UserError
+from bertclf.splits import sampling_problem
+
+if TYPE_CHECKING:
+    from bertclf.datasets import Dataset
 
 LR_SCHEDULES = ("constant", "linear")
 WD_SCHEDULES = ("lr", "constant", "piecewise")
@@ -16,45 +23,90 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TRUNCATIONS = ("head", "tail", "head+tail")
 
 
+def _field(default, text: str):
+    """A field with `default` and the help `text`."""
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """How TensorFlow work uses the machine: its precision and XLA. Training, evaluation and
+    the bench run under it (`bertclf.accel`); a run's TrainConfig gives it as `.hardware`."""
+
+    precision: str = _field("auto", "auto | float32 | mixed_float16 (GPU) | mixed_bfloat16 "
+                            "(CPU, oneDNN); auto: mixed_float16 with a GPU, mixed_bfloat16 on "
+                            "CPUs with native bfloat16, float32 elsewhere")
+    jit_compile: bool | None = _field(None, "XLA (true/false); default: on with a GPU "
+                                      "(auto-clustering under mixed precision)")
+
+    def validate(self) -> None:
+        """Raise UserError for a precision that is not one of PRECISIONS."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}")
+
+
+def _like_hardware(name: str):
+    """A TrainConfig field with the default and help of Hardware's field `name`."""
+    same = next(f for f in fields(Hardware) if f.name == name)
+    return field(default=same.default, metadata=same.metadata)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one fine-tuning run; defaults follow the notebook's recipe."""
 
-    data: str
-    encoder: str = "tiny"
-    encoder_map: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    max_examples: int | None = None
-    max_train_examples: int | None = None  # None: max_examples
-    max_val_examples: int | None = None
-    max_test_examples: int | None = None
-    val_fraction: float = 0.2
-    seq_len: int = 128
-    truncation: str = "head"  # which tokens of a too-long text are kept
-    head_tokens: int | None = None  # head+tail: tokens kept from the start (None: a quarter)
-    batch_size: int = 32
-    eval_batch_size: int | None = None  # None: 4 x batch_size
-    epochs: int = 5
-    patience: int = 1  # evaluations without a better validation loss before stopping
-    # 0: evaluate once per epoch; in (0, 1): a fraction of an epoch (0.25: four evaluations);
-    # >= 1: every that many steps within each epoch. Each epoch's last evaluation is its end.
-    eval_every: float = 0
-    eval_examples: int | None = None  # a seeded sample of validation for in-epoch evaluations
-    lr: float = 3e-5
-    lr_schedule: str = "linear"
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    wd_schedule: str = "lr"
-    dropout: float = 0.1
-    bucket: bool = True
-    jit_compile: bool | None = None  # None: on when a GPU is present
-    precision: str = "auto"  # auto: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs
-    seed: int = 42
-    split_seed: int | None = None  # the validation split and samples; None: `seed`
+    data: str = field(metadata={"help": "'imdb', an archive, a folder of <class>/*.txt, or a "
+                                        "CSV/TSV/Parquet file"})
+    encoder: str = _field("tiny", "a name from `python -m bertclf encoders`, or a folder with "
+                          "encoder/ and preprocess/")
+    encoder_map: str | None = _field(None, "a TOML file adding to or overriding the encoder map")
+    text_column: str = _field("text", "the text column of a table")
+    label_column: str = _field("label", "the label column of a table")
+    max_examples: int | None = _field(None, "stratified, seeded sample of at most N examples "
+                                      "from each split")
+    max_train_examples: int | None = _field(None, "--max-examples for train only")
+    max_val_examples: int | None = _field(None, "--max-examples for validation only")
+    max_test_examples: int | None = _field(None, "--max-examples for test only")
+    val_fraction: float = _field(0.2, "the share of train carved out as validation when the "
+                                 "data has no validation split, in (0, 1)")
+    seq_len: int = _field(128, "tokens per example, [CLS] and [SEP] included")
+    truncation: str = _field("head", "head | tail | head+tail: which tokens of a too-long text "
+                             "are kept")
+    head_tokens: int | None = _field(None, "head+tail: tokens kept from the start (default: a "
+                                     "quarter of seq_len)")
+    batch_size: int = _field(32, "training batch size")
+    eval_batch_size: int | None = _field(None, "evaluation batch size (default: 4 x "
+                                         "batch_size)")
+    epochs: int = _field(5, "at most this many epochs (training stops early)")
+    patience: int = _field(1, "evaluations without a better validation loss before stopping "
+                           "(with --eval-examples: epochs)")
+    eval_every: float = _field(0, "validation inside the epoch: a fraction of an epoch (0.25: "
+                               "four evaluations) or every N steps; 0: once per epoch. Each "
+                               "epoch's last evaluation is its end")
+    eval_examples: int | None = _field(None, "a seeded sample of N validation examples for the "
+                                       "in-epoch evaluations (the epochs' ends use the whole "
+                                       "split)")
+    lr: float = _field(3e-5, "peak learning rate")
+    lr_schedule: str = _field("linear", "constant | linear (warmup, then linear decay to 0)")
+    warmup_fraction: float = _field(0.1, "the share of steps that warm the learning rate up")
+    weight_decay: float = _field(0.01, "AdamW's decoupled weight decay")
+    wd_schedule: str = _field("lr", "lr (each step removes weight_decay x the step's lr) | "
+                              "constant (x the peak lr) | piecewise (x the peak lr, then x0.1, "
+                              "x0.01 at 50% / 75% of steps)")
+    dropout: float = _field(0.1, "dropout before the classification head")
+    bucket: bool = _field(True, "batch by length and pad each batch to its longest "
+                          "(true/false)")
+    jit_compile: bool | None = _like_hardware("jit_compile")
+    precision: str = _like_hardware("precision")
+    seed: int = _field(42, "seeds training (shuffling, dropout, the head) and, unless "
+                       "--split-seed, the data")
+    split_seed: int | None = _field(None, "seed of the validation split and samples (default: "
+                                    "--seed)")
 
     def validate(self) -> None:
         """Raise UserError naming the first impossible value."""
+        data_problem = sampling_problem({"val_fraction": self.val_fraction},
+                                        self.example_caps().values(), self.data_seed)
         checks = [
             (self.seq_len >= 8, "seq_len must be at least 8"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -72,15 +124,11 @@ class TrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be 0 or more"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
-            *[(cap is None or cap >= 2, "max_examples must be >= 2")
-              for cap in self.example_caps().values()],
+            (data_problem is None, data_problem),
             (self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.wd_schedule in WD_SCHEDULES,
              f"wd_schedule must be one of {', '.join(WD_SCHEDULES)}"),
-            (self.precision in PRECISIONS,
-             f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.truncation in TRUNCATIONS,
              f"truncation must be one of {', '.join(TRUNCATIONS)}"),
             (self.head_tokens is None or 0 <= self.head_tokens <= self.seq_len - 2,
@@ -89,6 +137,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.hardware.validate()
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -98,6 +147,11 @@ class TrainConfig:
         if unknown:
             raise UserError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
+
+    @property
+    def hardware(self) -> Hardware:
+        """The run's precision and XLA settings."""
+        return Hardware(precision=self.precision, jit_compile=self.jit_compile)
 
     @property
     def eval_batch(self) -> int:
@@ -118,9 +172,16 @@ class TrainConfig:
 
     def load_data(self) -> Dataset:
         """Load `data` and split it as this config says (seeded, sampled per split)."""
+        from bertclf.datasets import load_dataset  # datasets takes its defaults from here
+
         return load_dataset(self.data, text_column=self.text_column,
                             label_column=self.label_column, val_fraction=self.val_fraction,
                             max_examples=self.example_caps(), seed=self.data_seed)
+
+
+def help_text(name: str) -> str:
+    """The help of TrainConfig's field `name` (its metadata)."""
+    return next(f for f in fields(TrainConfig) if f.name == name).metadata["help"]
 
 
 @cache

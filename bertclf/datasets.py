@@ -16,8 +16,16 @@ import pandas as pd
 
 from bertclf.archives import download, extract_cached, one_line
 from bertclf.cache import cache_dir
+from bertclf.config import TrainConfig
 from bertclf.errors import DataError
-from bertclf.splits import SPLIT_NAMES, Split, carve_missing, sample_splits, shuffle_splits
+from bertclf.splits import (
+    SPLIT_NAMES,
+    Split,
+    carve_missing,
+    sample_splits,
+    sampling_problem,
+    shuffle_splits,
+)
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
@@ -53,12 +61,12 @@ class _Raw:
 def load_dataset(
     source: str | Path,
     *,
-    text_column: str = "text",
-    label_column: str = "label",
-    val_fraction: float = 0.2,
+    text_column: str = TrainConfig.text_column,
+    label_column: str = TrainConfig.label_column,
+    val_fraction: float = TrainConfig.val_fraction,
     test_fraction: float = 0.2,
     max_examples: int | dict[str, int | None] | None = None,
-    seed: int = 42,
+    seed: int = TrainConfig.seed,
 ) -> Dataset:
     """Load 'imdb' (downloaded; write ./imdb for a folder of that name), a folder,
     a .tar.gz/.tgz/.tar archive (extracted once into the cache) or a .csv/.tsv/.parquet file.
@@ -69,13 +77,16 @@ def load_dataset(
     always is (val_fraction). max_examples caps each split by a stratified sample; a dict
     {"train": N, "validation": M, "test": K} caps each split differently (None: no cap).
     """
-    _check_options(val_fraction, test_fraction, max_examples, seed)
+    caps = max_examples if isinstance(max_examples, dict) else dict.fromkeys(
+        SPLIT_NAMES, max_examples)
+    problem = sampling_problem({"val_fraction": val_fraction, "test_fraction": test_fraction},
+                               caps.values(), seed)
+    if problem:
+        raise DataError(problem)
     notes: list[str] = []
     name, raws = _read_source(source, text_column, label_column, notes)
     splits, class_names = _encode_splits(raws, notes)
     splits = carve_missing(splits, raws["train"].where, val_fraction, test_fraction, seed, notes)
-    caps = max_examples if isinstance(max_examples, dict) else dict.fromkeys(
-        SPLIT_NAMES, max_examples)
     if any(cap is not None for cap in caps.values()):
         splits = sample_splits(splits, caps, seed, notes)
     shuffled = shuffle_splits(splits, seed)
@@ -291,14 +302,3 @@ def _sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels, key=lambda label: (int(label), label))
     return sorted(labels)
 
-
-def _check_options(val_fraction: float, test_fraction: float,
-                   max_examples: int | dict[str, int | None] | None, seed: int) -> None:
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise DataError(f"{name} must be at least 0 and below 1, got {value}")
-    caps = max_examples.values() if isinstance(max_examples, dict) else [max_examples]
-    if any(cap is not None and cap < 1 for cap in caps):
-        raise DataError(f"max_examples must be at least 1, got {max_examples}")
-    if seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed}")

@@ -4,6 +4,10 @@ The map is data: `bertclf/encoders.toml` ships the notebook's map plus `tiny`; a
 file of the same shape (`--encoder-map FILE` or $BERTCLF_ENCODER_MAP) adds entries or
 overrides them. A handle is a TF Hub URL, a local SavedModel folder in the TF Hub BERT
 format, or `builtin:NAME/PART` for models bertclf builds itself into its cache.
+
+Resolving a handle (`resolve_handle`) only computes where it lives; `install_builtins(spec)`
+is the one step that builds or imports a built-in model, and whoever needs the files calls
+it: training before it seeds, the loaders and the token cache before they read them.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from pathlib import Path
 
 from bertclf.cache import cache_dir
 from bertclf.errors import EncoderError, parse_file
+from bertclf.outdir import is_saved_model
 
 BUILTIN_MAP = Path(__file__).with_name("encoders.toml")
+BUILTIN = "builtin:"  # the prefix of the handles of models bertclf makes itself
 OFFLINE_HINT = (
     "TF Hub is unreachable? Set TFHUB_CACHE_DIR to a cache that already holds the model, "
     "point the encoder map at local SavedModel folders (--encoder-map FILE), "
@@ -40,8 +46,13 @@ class EncoderSpec:
     description: str = ""
 
 
+def is_url(handle: str) -> bool:
+    """Whether `handle` is a URL (a TF Hub model) rather than a folder or a built-in."""
+    return "://" in handle
+
+
 def _is_remote(handle: str) -> bool:
-    return "://" in handle or handle.startswith("builtin:")
+    return is_url(handle) or handle.startswith(BUILTIN)
 
 
 def _read_map_file(path: Path) -> dict[str, EncoderSpec]:
@@ -104,29 +115,52 @@ BUILTIN_VERSION = 2  # part of the cache folder's name: bump when the built mode
 RANDOM_WEIGHTS = {"tiny"}  # built-in models that are not pretrained
 
 
+def _builtin_model(handle: str) -> str | None:
+    """NAME of a `builtin:NAME/PART` handle (checked), None for other handles."""
+    if not handle.startswith(BUILTIN):
+        return None
+    model, _, part = handle.removeprefix(BUILTIN).partition("/")
+    if model not in BUILTIN_MODELS or part not in ("encoder", "preprocess"):
+        raise EncoderError(f"unknown built-in handle {handle!r}: built-in models are "
+                           f"{', '.join(BUILTIN_MODELS)}, parts encoder and preprocess")
+    return model
+
+
+def _builtin_folder(model: str) -> Path:
+    return cache_dir() / "models" / f"{model}-v{BUILTIN_VERSION}"
+
+
 def pretrained(spec: EncoderSpec) -> bool:
     """Whether the encoder's weights were learnt (every entry but the random built-ins)."""
-    model = spec.encoder.removeprefix("builtin:").partition("/")[0]
-    return not (spec.encoder.startswith("builtin:") and model in RANDOM_WEIGHTS)
+    model = spec.encoder.removeprefix(BUILTIN).partition("/")[0]
+    return not (spec.encoder.startswith(BUILTIN) and model in RANDOM_WEIGHTS)
 
 
 def resolve_handle(handle: str) -> str:
-    """A handle hub.load can take: builds `builtin:` models, checks local folders exist."""
-    if handle.startswith("builtin:"):
-        model, _, part = handle.removeprefix("builtin:").partition("/")
-        if model not in BUILTIN_MODELS or part not in ("encoder", "preprocess"):
-            raise EncoderError(f"unknown built-in handle {handle!r}: built-in models are "
-                               f"{', '.join(BUILTIN_MODELS)}, parts encoder and preprocess")
-        folder = cache_dir() / "models" / f"{model}-v{BUILTIN_VERSION}"
-        encoder_dir, preprocess_dir = BUILTIN_MODELS[model](folder)
-        return str(encoder_dir if part == "encoder" else preprocess_dir)
-    if "://" not in handle and not (Path(handle) / "saved_model.pb").is_file():
+    """A handle hub.load can take, computed without building anything: a `builtin:` handle's
+    folder in the cache (there once `install_builtins` has run), a URL as is, a local folder
+    checked to hold a SavedModel."""
+    model = _builtin_model(handle)
+    if model is not None:
+        return str(_builtin_folder(model) / handle.rpartition("/")[2])
+    if not is_url(handle) and not is_saved_model(handle):
         raise EncoderError(f"encoder handle {handle}: not a SavedModel folder "
                            "(no saved_model.pb)")
     return handle
 
 
-def _load(handle: str, loader):
+def install_builtins(spec: EncoderSpec) -> None:
+    """Build or import the built-in models `spec` names into the cache, once (a no-op for
+    other handles and for models already there). Building the random `tiny` draws from its
+    own fixed seeds and sets TensorFlow's global seed: seed a run after this."""
+    for handle in (spec.encoder, spec.preprocess):
+        model = _builtin_model(handle)
+        if model is not None:
+            BUILTIN_MODELS[model](_builtin_folder(model))
+
+
+def _load(spec: EncoderSpec, handle: str, loader):
+    install_builtins(spec)
     resolved = resolve_handle(handle)
     try:
         return loader(resolved)
@@ -138,7 +172,7 @@ def _load(handle: str, loader):
 
 def _hint(handle: str, error: Exception) -> str:
     """What to do about a handle that failed to load, by what went wrong."""
-    if "://" not in handle:
+    if not is_url(handle):
         return "Check that the folder holds a complete SavedModel"
     if isinstance(error, urllib.error.HTTPError):
         return f"The server answered {error.code}: check the handle"
@@ -159,16 +193,16 @@ def unreachable(handle: str, timeout: float = 5.0) -> str | None:
     """Why `handle` cannot be loaded here without trying to load it, or None if it can: a
     TF Hub URL in the hub cache or answering a short request, an existing local folder, or
     a built-in model whose sources are installed."""
-    if handle.startswith("builtin:"):
+    if handle.startswith(BUILTIN):
         from bertclf.hf.install import MINILM_PACKAGE, MINILM_PIP
 
-        model = handle.removeprefix("builtin:").partition("/")[0]
+        model = handle.removeprefix(BUILTIN).partition("/")[0]
         if model == "minilm" and importlib.util.find_spec(MINILM_PACKAGE) is None:
             return f"its package is not installed ({MINILM_PIP})"
         return None if model in BUILTIN_MODELS else "unknown built-in model"
-    if "://" not in handle:
-        return None if (Path(handle) / "saved_model.pb").is_file() else "no such SavedModel"
-    if (hub_cache_folder(handle) / "saved_model.pb").is_file():
+    if not is_url(handle):
+        return None if is_saved_model(handle) else "no such SavedModel"
+    if is_saved_model(hub_cache_folder(handle)):
         return None
     request = urllib.request.Request(f"{handle}?tf-hub-format=compressed", method="HEAD")
     try:
@@ -184,7 +218,8 @@ def load_encoder_layer(spec: EncoderSpec, trainable: bool = True):
     """The encoder as a trainable `hub.KerasLayer`."""
     import tensorflow_hub as hub
 
-    return _load(spec.encoder, lambda h: hub.KerasLayer(h, trainable=trainable, name="encoder"))
+    return _load(spec, spec.encoder,
+                 lambda h: hub.KerasLayer(h, trainable=trainable, name="encoder"))
 
 
 def load_preprocessor(spec: EncoderSpec):
@@ -192,14 +227,15 @@ def load_preprocessor(spec: EncoderSpec):
     import tensorflow_hub as hub
     import tensorflow_text  # noqa: F401  (registers the ops preprocessors use)
 
-    return _load(spec.preprocess, hub.load)
+    return _load(spec, spec.preprocess, hub.load)
 
 
 def preprocess_path(spec: EncoderSpec) -> Path | None:
-    """The local folder of the preprocessor (for cache keys), None if not downloaded."""
+    """The local folder of the preprocessor (for cache keys), None if not downloaded, or a
+    built-in not installed yet."""
     resolved = resolve_handle(spec.preprocess)
-    if "://" not in resolved:
-        return Path(resolved)
+    if not is_url(resolved):
+        return Path(resolved) if is_saved_model(resolved) else None
     import tensorflow_hub as hub
 
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertclf import accel
-from bertclf.config import TrainConfig
+from bertclf.config import Hardware
 from bertclf.datasets import Split
 from bertclf.errors import UserError
 from bertclf.export import load_model, probabilities
@@ -33,11 +33,12 @@ def exported_token_ids(model, split: Split) -> TokenIds:
 
 
 def evaluate_export(path: str | Path, split: Split, class_names: list[str],
-                    precision: str = "auto", batch_size: int = 128,
+                    hardware: Hardware | None = None, batch_size: int = 128,
                     progress_every: float = 60.0) -> dict:
     """Accuracy and loss of the exported model at `path` on `split`, whose labels index
-    `class_names` (matched to the model's classes by name). A progress line goes to stderr
-    every `progress_every` seconds."""
+    `class_names` (matched to the model's classes by name), under `hardware`'s precision and
+    XLA (default: Hardware()). A progress line goes to stderr every `progress_every` seconds."""
+    hardware = hardware or Hardware()
     model = load_model(path)
     if not hasattr(model, "logits"):
         raise UserError(f"{path}: not a model `bertclf train` exported (no `logits` "
@@ -50,10 +51,9 @@ def evaluate_export(path: str | Path, split: Split, class_names: list[str],
     labels = np.array([names.index(class_names[y]) for y in split.labels], dtype=np.int32)
     tokens = exported_token_ids(model, Split(split.texts, labels))
     seq_len = int(model.seq_len.numpy())
-    settings = TrainConfig(data=str(path), precision=precision)
     logits, truth = [], []
     started = last = time.perf_counter()
-    with accel.precision_rewrites(settings):
+    with accel.precision_rewrites(hardware):
         for inputs, batch_labels in make_dataset(tokens, batch_size, seq_len, bucket=True):
             logits.append(model.logits(inputs).numpy())
             truth.append(batch_labels.numpy())
@@ -67,4 +67,4 @@ def evaluate_export(path: str | Path, split: Split, class_names: list[str],
     picked = probs[np.arange(len(truth)), truth]
     return {"accuracy": float(np.mean(probs.argmax(axis=1) == truth)),
             "loss": float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0)))),
-            "examples": int(len(truth)), "precision": accel.resolve_precision(settings)}
+            "examples": int(len(truth)), "precision": accel.resolve_precision(hardware)}

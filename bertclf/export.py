@@ -14,11 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from bertclf.encoder_map import EncoderSpec, load_preprocessor
-from bertclf.errors import UserError
 from bertclf.model import INPUT_NAMES
+from bertclf.outdir import card_path, check_exported
 from bertclf.packing import pack_inputs
-
-CARD_NAME = "bertclf.json"  # class names and provenance, in the SavedModel's assets.extra/
 
 
 class TextClassifier(tf.Module):
@@ -65,11 +63,10 @@ def export_model(classifier: tf.keras.Model, spec: EncoderSpec, class_names: lis
     module = TextClassifier(load_preprocessor(spec), inference, seq_len, class_names,
                             truncation, head_tokens)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    extra = path / "assets.extra"
-    extra.mkdir(exist_ok=True)
     card = {"class_names": class_names, "seq_len": seq_len, "truncation": truncation,
             "head_tokens": head_tokens, **(card or {})}
-    (extra / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    card_path(path).parent.mkdir(exist_ok=True)
+    card_path(path).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
 
 
@@ -77,11 +74,7 @@ def load_model(path: str | Path):
     """Reload an exported model; raises UserError if `path` is not one."""
     import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 
-    path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise UserError(f"{path}: not an exported model (no saved_model.pb); pass the "
-                        "saved_model/ folder that `bertclf train` wrote")
-    return tf.saved_model.load(str(path))
+    return tf.saved_model.load(str(check_exported(path)))
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Output folders: checked before long work starts, created only when there is something to
-write (no TensorFlow import, so bad input fails fast)."""
+write; and what a SavedModel folder and an exported model hold (no TensorFlow import, so bad
+input fails fast)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ import shutil
 from pathlib import Path
 
 from bertclf.errors import UserError
+
+CARD_NAME = "bertclf.json"  # an export's class names and provenance, in its assets.extra/
+
+
+def is_saved_model(folder: str | Path) -> bool:
+    """Whether `folder` holds a SavedModel (its saved_model.pb)."""
+    return (Path(folder) / "saved_model.pb").is_file()
+
+
+def card_path(model_dir: str | Path) -> Path:
+    """Where an exported model keeps its JSON card."""
+    return Path(model_dir) / "assets.extra" / CARD_NAME
+
+
+def check_exported(path: str | Path) -> Path:
+    """`path` if it holds a SavedModel, else a UserError saying which folder to pass."""
+    if not is_saved_model(path):
+        raise UserError(f"{path}: not an exported model (no saved_model.pb); pass the "
+                        "saved_model/ folder that `bertclf train` wrote")
+    return Path(path)
 
 
 def check_out_dir(path: str | Path, force: bool = False) -> Path:

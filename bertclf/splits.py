@@ -4,11 +4,13 @@ and the seeded shuffle every split ends with.
 Each random step draws from its own stream, so changing one step never reshuffles another.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 SPLIT_NAMES = ("train", "validation", "test")
+MIN_CAP = 2  # a capped split keeps at least this many examples (two classes can be in it)
 _TEST_STREAM, _VAL_STREAM, _SAMPLE_STREAM, _SHUFFLE_STREAM = range(4)
 
 
@@ -21,6 +23,22 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def sampling_problem(fractions: dict[str, float], caps: Iterable[int | None],
+                     seed: int) -> str | None:
+    """What is impossible about these carving and sampling options, in one line, or None:
+    each carved fraction (name: value) must be in (0, 1), each cap (None: no cap) at least
+    MIN_CAP, the seed 0 or more. The one rule of both TrainConfig and load_dataset."""
+    for name, value in fractions.items():
+        if not 0 < value < 1:
+            return f"{name} must be in (0, 1), got {value}"
+    small = [cap for cap in caps if cap is not None and cap < MIN_CAP]
+    if small:
+        return f"max_examples must be at least {MIN_CAP}, got {small[0]}"
+    if seed < 0:
+        return f"seed must be 0 or more, got {seed}"
+    return None
 
 
 def carve_missing(splits: dict[str, Split], where: str, val_fraction: float,

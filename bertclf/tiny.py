@@ -10,6 +10,7 @@ from pathlib import Path
 from bertclf.bert_encoder import BertConfig, build_bert_encoder, save_encoder
 from bertclf.bert_preprocessor import save_preprocessor
 from bertclf.cache import build_once
+from bertclf.outdir import is_saved_model
 
 TINY_VOCAB = Path(__file__).parent / "assets" / "tiny_vocab.txt"
 
@@ -21,7 +22,7 @@ def tiny_config() -> BertConfig:
 
 
 def _is_built(dest: Path) -> bool:
-    return all((dest / part / "saved_model.pb").is_file() for part in ("encoder", "preprocess"))
+    return all(is_saved_model(dest / part) for part in ("encoder", "preprocess"))
 
 
 def build_tiny(dest: str | Path, *, seed: int = 0) -> tuple[Path, Path]:

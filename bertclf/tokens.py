@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from bertclf.cache import build_once, cache_dir
 from bertclf.datasets import Split, fingerprint
-from bertclf.encoder_map import EncoderSpec, load_preprocessor, preprocess_path
+from bertclf.encoder_map import EncoderSpec, install_builtins, load_preprocessor, preprocess_path
 from bertclf.model import INPUT_NAMES
 from bertclf.packing import head_length, pack_inputs
 
@@ -82,6 +82,7 @@ def tokenize(spec: EncoderSpec, texts: list[str], seq_len: int, truncation: str 
 def token_ids(spec: EncoderSpec, split: Split, seq_len: int, truncation: str = "head",
               head_tokens: int | None = None) -> TokenIds:
     """The split's token ids, read from the on-disk cache or tokenized and cached."""
+    install_builtins(spec)  # the key digests the preprocessor's files
     key = _cache_key(spec, split, seq_len, truncation, head_tokens)
     if key is None:  # a hub handle not downloaded yet: nothing to key the cache on
         return TokenIds(*tokenize(spec, split.texts, seq_len, truncation, head_tokens),

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from bertclf import accel
-from bertclf.config import TrainConfig, evaluation_points
+from bertclf.config import Hardware, TrainConfig, evaluation_points
 from bertclf.datasets import Dataset
-from bertclf.encoder_map import EncoderSpec, get_encoder
+from bertclf.encoder_map import EncoderSpec, get_encoder, install_builtins
 from bertclf.errors import TrainingError
 from bertclf.model import build_classifier, loss_and_metric
 from bertclf.optim import make_optimizer
@@ -229,7 +229,9 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None,
     whatever it raises stops training and leaves `train`."""
     config.validate()
     spec = get_encoder(config.encoder, config.encoder_map)
-    with accel.precision_rewrites(config):
+    install_builtins(spec)  # before seeding: building `tiny` sets TensorFlow's seed itself
+    tf.keras.utils.set_random_seed(config.seed)
+    with accel.precision_rewrites(config.hardware):
         return _train(config, spec, dataset, callbacks, on_evaluation, verbose)
 
 
@@ -243,15 +245,22 @@ def compile_classifier(config: TrainConfig, spec: EncoderSpec, num_classes: int,
 def compile_for_training(model: tf.keras.Model, config: TrainConfig, num_classes: int,
                          steps: int) -> tf.keras.Model:
     """`model` compiled to train for `steps` steps in all: AdamW with the config's schedules,
-    loss scaling and XLA as its precision needs, from-logits loss and accuracy. Fit it inside
-    `accel.precision_rewrites(config)`."""
-    loss, metric = loss_and_metric(num_classes)
+    under the config's hardware (`compile_model`). Fit it inside
+    `accel.precision_rewrites(config.hardware)`."""
     optimizer = make_optimizer(lr=config.lr, lr_schedule=config.lr_schedule,
                                warmup_fraction=config.warmup_fraction,
                                weight_decay=config.weight_decay,
                                wd_schedule=config.wd_schedule, total_steps=steps)
-    model.compile(optimizer=accel.with_loss_scaling(optimizer, config), loss=loss,
-                  metrics=[metric], jit_compile=accel.keras_jit_compile(config))
+    return compile_model(model, optimizer, config.hardware, num_classes)
+
+
+def compile_model(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer,
+                  hardware: Hardware, num_classes: int) -> tf.keras.Model:
+    """`model` compiled with `optimizer`: loss scaling and XLA as `hardware`'s precision needs,
+    from-logits loss and accuracy."""
+    loss, metric = loss_and_metric(num_classes)
+    model.compile(optimizer=accel.with_loss_scaling(optimizer, hardware), loss=loss,
+                  metrics=[metric], jit_compile=accel.keras_jit_compile(hardware))
     return model
 
 
@@ -268,8 +277,6 @@ def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
     if dataset is None:
         dataset = config.load_data()
     splits = split_token_ids(config, spec, dataset)
-    # After tokenizing: building a built-in encoder on first use draws random numbers too.
-    tf.keras.utils.set_random_seed(config.seed)
     train_ds = make_dataset(splits["train"], config.batch_size, config.seq_len,
                             bucket=config.bucket, shuffle=True, seed=config.seed)
     val_ds, test_ds = (make_dataset(splits[n], config.eval_batch, config.seq_len,
@@ -310,6 +317,6 @@ def _train(config: TrainConfig, spec: EncoderSpec, dataset: Dataset | None,
         data_summary={"source": dataset.source, "notes": list(dataset.notes),
               "split_seed": config.data_seed,
               **{f"{name}_examples": len(split) for name, split in splits.items()}},
-        hardware=accel.hardware_used(config),
+        hardware=accel.hardware_used(config.hardware),
         model=model,
     )

@@ -17,6 +17,7 @@ import optuna
 from bertclf.config import field_types
 from bertclf.errors import UserError
 from bertclf.masking import mask
+from bertclf.outdir import card_path
 from sweep.promote import WINNER_ATTR
 from sweep.tracking import mlflow_stores
 
@@ -144,7 +145,7 @@ def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path,
         raise UserError(f"the model of trial {chosen.trial.number} ({chosen.model_uri}) does "
                         f"not reload, nothing was exported: {last}")
     card = model_card(study, chosen, tracking_uri)
-    bundled = new / "assets.extra" / "bertclf.json"
+    bundled = card_path(new)
     if bundled.is_file():
         extra = json.loads(bundled.read_text())
         card.update(data=extra.get("data"), encoder=extra.get("encoder"),

@@ -24,6 +24,11 @@ OBJECTIVE = "val_accuracy"  # what every study maximises (its name in optuna-das
 T = TypeVar("T")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL (Optuna's or MLflow's), else None."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage, or a journal file for paths ending in .log/.journal. Liveness is the
     sweep's own (sweep.ownership), the same for every kind, so Optuna's heartbeat is off."""
@@ -50,10 +55,11 @@ def sqlite_lock(url: str):
     for other URLs): SQLite cannot roll back a schema migration half done, so workers on one
     machine create and upgrade tables one at a time, and its reads are not locked for the
     write that follows, so a queued trial is taken under it (`ask`)."""
-    if not url.startswith("sqlite:///"):
+    database = sqlite_path(url)
+    if database is None:
         yield
         return
-    lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    lock_path = Path(f"{database}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -187,8 +193,7 @@ def ask(study: optuna.Study, url: str) -> optuna.Trial:
 
 def check_storage_exists(url: str) -> None:
     """For commands that only read: a SQLite or journal file must already exist."""
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (
-        url if "://" not in url else None)
+    path = sqlite_path(url) or (url if "://" not in url else None)
     if path is not None and not Path(path).is_file():
         raise UserError(f"no Optuna storage at {mask(url)}: run `python -m sweep run` first, "
                         "or pass --storage")

@@ -23,7 +23,7 @@ from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
 from bertclf.encoder_map import get_encoder
 from bertclf.masking import mask
 from sweep.ownership import retry
-from sweep.study import retry_schema_race
+from sweep.study import retry_schema_race, sqlite_path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
@@ -101,8 +101,8 @@ def ui_link(tracking_uri: str, experiment_id: str) -> str:
 
 def study_ui_link(tracking_uri: str, study_name: str) -> str | None:
     """The link to a study's experiment, if the tracking store holds one (creating nothing)."""
-    if tracking_uri.startswith("sqlite:///") and not Path(
-            tracking_uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_path(tracking_uri)
+    if database is not None and not database.is_file():
         return None
     experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
     return ui_link(tracking_uri, experiment.experiment_id) if experiment else None

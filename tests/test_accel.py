@@ -8,15 +8,11 @@ import pytest
 import tensorflow as tf
 
 from bertclf import accel
-from bertclf.config import TrainConfig
+from bertclf.config import Hardware, TrainConfig
 from bertclf.errors import UserError
 from bertclf.optim import make_optimizer
 
 MATRIX = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-
-
-def settings(**values) -> TrainConfig:
-    return TrainConfig(data="in-memory", **values)
 
 
 def matmul_error() -> float:
@@ -32,10 +28,19 @@ def matmul_error() -> float:
 def test_auto_precision_follows_the_hardware(monkeypatch, gpu, bf16, expected):
     monkeypatch.setattr(accel, "has_gpu", lambda: gpu)
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: bf16)
-    assert accel.resolve_precision(settings()) == expected
-    assert accel.resolve_precision(settings(precision="float32")) == "float32"
-    assert accel.xla_enabled(settings()) is gpu
-    assert accel.xla_enabled(settings(jit_compile=True)) is True
+    assert accel.resolve_precision(Hardware()) == expected
+    assert accel.resolve_precision(Hardware(precision="float32")) == "float32"
+    assert accel.xla_enabled(Hardware()) is gpu
+    assert accel.xla_enabled(Hardware(jit_compile=True)) is True
+
+
+def test_a_runs_hardware_is_its_config_fields():
+    """A run's Hardware comes from its TrainConfig fields; the defaults are Hardware's."""
+    assert TrainConfig(data="imdb").hardware == Hardware()
+    run = TrainConfig(data="imdb", precision="mixed_bfloat16", jit_compile=False)
+    assert run.hardware == Hardware(precision="mixed_bfloat16", jit_compile=False)
+    with pytest.raises(UserError, match="precision must be one of"):
+        Hardware(precision="float16").validate()
 
 
 def test_bf16_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -53,21 +58,21 @@ def test_bf16_cpu_flags_are_read_from_cpuinfo(tmp_path):
     ("mixed_bfloat16", False, False),
 ])
 def test_xla_under_mixed_precision_leaves_keras_jit_off(precision, jit, keras_jit):
-    assert accel.keras_jit_compile(settings(precision=precision, jit_compile=jit)) is keras_jit
+    assert accel.keras_jit_compile(Hardware(precision=precision, jit_compile=jit)) is keras_jit
 
 
 def test_bfloat16_rewrite_runs_inside_the_block_only():
     assert matmul_error() < 1e-3
-    with accel.precision_rewrites(settings(precision="mixed_bfloat16", jit_compile=False)):
+    with accel.precision_rewrites(Hardware(precision="mixed_bfloat16", jit_compile=False)):
         assert matmul_error() > 1e-2, "the rewrite did not run"
     assert matmul_error() < 1e-3, "the rewrite leaked out of the run"
-    with accel.precision_rewrites(settings(precision="float32")):
+    with accel.precision_rewrites(Hardware(precision="float32")):
         assert matmul_error() < 1e-3
 
 
 def test_rewrites_are_restored_when_the_run_fails():
     with pytest.raises(RuntimeError, match="boom"), \
-            accel.precision_rewrites(settings(precision="mixed_bfloat16")):
+            accel.precision_rewrites(Hardware(precision="mixed_bfloat16")):
         raise RuntimeError("boom")
     assert matmul_error() < 1e-3
 
@@ -75,7 +80,7 @@ def test_rewrites_are_restored_when_the_run_fails():
 @pytest.mark.skipif(accel.has_gpu(), reason="float16 is allowed where a GPU is present")
 def test_float16_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="needs a GPU.*mixed_bfloat16"), \
-            accel.precision_rewrites(settings(precision="mixed_float16")):
+            accel.precision_rewrites(Hardware(precision="mixed_float16")):
         pass
     assert matmul_error() < 1e-3
 
@@ -96,11 +101,11 @@ def adamw():
 
 
 def test_float16_loss_scaling_leaves_the_update_unchanged():
-    scaled = accel.with_loss_scaling(adamw(), settings(precision="mixed_float16"))
+    scaled = accel.with_loss_scaling(adamw(), Hardware(precision="mixed_float16"))
     assert isinstance(scaled, tf.keras.mixed_precision.LossScaleOptimizer)
     assert float(scaled.loss_scale) > 1, "the loss really is scaled"
     np.testing.assert_allclose(one_step(scaled), one_step(adamw()), rtol=1e-6)
     assert int(scaled.iterations) == 1, "the weight-decay schedule sees the inner step count"
     for precision in ("float32", "mixed_bfloat16"):  # bfloat16 has float32's range
         optimizer = adamw()
-        assert accel.with_loss_scaling(optimizer, settings(precision=precision)) is optimizer
+        assert accel.with_loss_scaling(optimizer, Hardware(precision=precision)) is optimizer

@@ -162,6 +162,38 @@ def test_encoders_lists_the_map():
         assert preprocess == "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
 
 
+def test_readme_and_help_name_every_train_flag():
+    """README's list of `train` flags names each TrainConfig field's flag and no other, with
+    the choices the config accepts; `train --help` gives each the help of its field."""
+    import argparse
+    from dataclasses import fields
+
+    from bertclf.__main__ import add_train_options
+    from bertclf.config import (
+        LR_SCHEDULES,
+        PRECISIONS,
+        TRUNCATIONS,
+        WD_SCHEDULES,
+        TrainConfig,
+        help_text,
+    )
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listed = readme[readme.index("Every `TrainConfig` field is a flag:"):]
+    listed = listed[:listed.index("`.\n")]
+    flags = {f.name: "--" + f.name.replace("_", "-") for f in fields(TrainConfig)}
+    assert set(re.findall(r"--[a-z][a-z0-9-]*", listed)) == set(flags.values())
+    assert dict(re.findall(r"(--[a-z-]+) \{([^}]*)\}", listed)) == {
+        "--truncation": ",".join(TRUNCATIONS), "--lr-schedule": ",".join(LR_SCHEDULES),
+        "--wd-schedule": ",".join(WD_SCHEDULES), "--precision": ",".join(PRECISIONS)}
+    parser = argparse.ArgumentParser(  # one line per flag: no words broken at hyphens
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=10_000))
+    add_train_options(parser)
+    shown = " ".join(parser.format_help().split())
+    for name, flag in flags.items():
+        assert f"{flag} {name.upper()} {' '.join(help_text(name).split())}" in shown, name
+
+
 # --- user errors ---------------------------------------------------------------------------
 
 

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from data_helpers import assert_data_error, imdb_like, pairs, write_classes
 
+from bertclf.config import TrainConfig
 from bertclf.datasets import Split, fingerprint, load_dataset
+from bertclf.errors import UserError
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -221,11 +223,27 @@ def test_label_not_seen_in_train(tmp_path):
 
 
 @pytest.mark.parametrize("options", [
-    {"val_fraction": 1.0}, {"test_fraction": -0.1}, {"max_examples": 0}, {"seed": -1},
+    {"val_fraction": 1.0}, {"val_fraction": 0.0}, {"test_fraction": -0.1},
+    {"test_fraction": 0.0}, {"max_examples": 0}, {"max_examples": 1},
+    {"max_examples": {"train": None, "validation": 1, "test": None}}, {"seed": -1},
 ])
 def test_bad_options(tmp_path, options):
     write_classes(tmp_path, {"neg": 3, "pos": 3})
     assert_data_error(lambda: load_dataset(tmp_path, **options), next(iter(options)))
+
+
+def test_the_sampling_rule_is_trainconfigs(tmp_path):
+    """load_dataset and TrainConfig share one rule: the smallest cap both take is 2 (one
+    example of each class), fractions lie strictly between 0 and 1."""
+    write_classes(tmp_path, {"neg": 10, "pos": 10})
+    dataset = load_dataset(tmp_path, max_examples=2)
+    for split in (dataset.train, dataset.validation, dataset.test):
+        assert class_counts(split) == [1, 1]
+    TrainConfig(data=str(tmp_path), max_examples=2).validate()
+    for bad in ({"max_examples": 1}, {"max_val_examples": 1}, {"val_fraction": 0.0},
+                {"val_fraction": 1.0}):
+        with pytest.raises(UserError, match="max_examples|val_fraction"):
+            TrainConfig(data=str(tmp_path), **bad).validate()
 
 
 # --- the real IMDB archive -----------------------------------------------------------------

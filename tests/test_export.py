@@ -15,8 +15,9 @@ from bertclf.artifacts import save_run
 from bertclf.config import TrainConfig
 from bertclf.datasets import Dataset, Split
 from bertclf.errors import UserError
-from bertclf.export import CARD_NAME, predict, probabilities
+from bertclf.export import predict, probabilities
 from bertclf.model import text_classifier
+from bertclf.outdir import card_path
 from bertclf.tokens import tokenize
 from bertclf.train import train
 
@@ -111,7 +112,7 @@ def test_curves_png(run):
 
 def test_model_card(run):
     result, out, _ = run
-    card = json.loads((out / "saved_model" / "assets.extra" / CARD_NAME).read_text("utf-8"))
+    card = json.loads(card_path(out / "saved_model").read_text("utf-8"))
     assert card["class_names"] == ["neg", "pos"]
     assert card["seq_len"] == SEQ_LEN
     assert card["best_epoch"] == result.best_epoch

@@ -158,8 +158,9 @@ def test_missing_imdb_archive_is_a_one_line_error(imdb_mirror, tmp_path, monkeyp
 def hub(tmp_path_factory):
     """A server of the built-in tiny encoder and preprocessor in TF Hub's compressed format,
     a truncated copy of the encoder, and an encoder map naming them."""
-    from bertclf.encoder_map import resolve_handle
+    from bertclf.encoder_map import get_encoder, install_builtins, resolve_handle
 
+    install_builtins(get_encoder("tiny"))
     encoder = Path(resolve_handle("builtin:tiny/encoder"))
     preprocess = Path(resolve_handle("builtin:tiny/preprocess"))
     encoder_tarball = hub_tarball(encoder)

@@ -177,9 +177,9 @@ def test_full_disk_while_saving_fails_the_trial_and_keeps_the_store(tmp_path):
     """Files may not grow past 2 MB: the store stays below it, the exported model's 4 MB of
     weights do not, so the trial fails saving its model, as on a full disk; its run and
     the curves it logged before stay readable."""
-    from bertclf.encoder_map import resolve_handle
+    from bertclf.encoder_map import get_encoder, install_builtins
 
-    resolve_handle("builtin:tiny/encoder")  # built before the limit applies
+    install_builtins(get_encoder("tiny"))  # built before the limit applies
     job = trial_job(tmp_path)
     (tmp_path / "job.pickle").write_bytes(pickle.dumps(job))
     result = subprocess.run(

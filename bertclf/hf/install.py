@@ -27,6 +27,7 @@ from bertclf.hf.checkpoint import (
 from bertclf.hf.convert import bert_config, encoder_values
 from bertclf.hf.tokenizer import lower_case, tokenizer_notes
 from bertclf.hf.verify import check_encoder
+from bertclf.outdir import is_saved_model
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -52,8 +53,8 @@ def _source_key(checkpoint: Checkpoint, seq_len: int) -> dict:
 
 
 def _is_imported(dest: Path) -> bool:
-    parts = [dest / "encoder" / "saved_model.pb", dest / "preprocess" / "saved_model.pb"]
-    return (dest / IMPORT_RECORD).is_file() and all(p.is_file() for p in parts)
+    parts = [dest / "encoder", dest / "preprocess"]
+    return (dest / IMPORT_RECORD).is_file() and all(is_saved_model(p) for p in parts)
 
 
 def _existing_key(dest: Path) -> dict | None:
