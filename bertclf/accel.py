@@ -68,6 +68,10 @@ def precision_rewrites(hardware: Hardware) -> Iterator[None]:
     if precision == "mixed_float16" and not has_gpu():
         raise UserError("precision mixed_float16 needs a GPU (TensorFlow's float16 rewrite "
                         "only runs there); on a CPU use mixed_bfloat16 or float32")
+    if precision == "mixed_bfloat16" and not cpu_has_bf16():
+        raise UserError("precision mixed_bfloat16 needs a CPU with native bfloat16 ("
+                        f"{' or '.join(BF16_CPU_FLAGS)}): TensorFlow's bfloat16 rewrite does "
+                        "not run on this one; use auto or float32")
     saved_options = tf.config.optimizer.get_experimental_options()
     saved_jit = tf.config.optimizer.get_jit()
     wanted = {"auto_mixed_precision": precision == "mixed_float16",

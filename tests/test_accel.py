@@ -61,8 +61,17 @@ def test_xla_under_mixed_precision_leaves_keras_jit_off(precision, jit, keras_ji
     assert accel.keras_jit_compile(Hardware(precision=precision, jit_compile=jit)) is keras_jit
 
 
+BF16 = accel.cpu_has_bf16()  # the rewrite runs on such CPUs only; elsewhere it is refused
+
+
 def test_bfloat16_rewrite_runs_inside_the_block_only():
     assert matmul_error() < 1e-3
+    if not BF16:
+        with pytest.raises(UserError, match="needs a CPU with native bfloat16"), \
+                accel.precision_rewrites(Hardware(precision="mixed_bfloat16")):
+            pass
+        assert matmul_error() < 1e-3
+        return
     with accel.precision_rewrites(Hardware(precision="mixed_bfloat16", jit_compile=False)):
         assert matmul_error() > 1e-2, "the rewrite did not run"
     assert matmul_error() < 1e-3, "the rewrite leaked out of the run"
@@ -71,8 +80,9 @@ def test_bfloat16_rewrite_runs_inside_the_block_only():
 
 
 def test_rewrites_are_restored_when_the_run_fails():
+    precision = "mixed_bfloat16" if BF16 else "float32"
     with pytest.raises(RuntimeError, match="boom"), \
-            accel.precision_rewrites(Hardware(precision="mixed_bfloat16")):
+            accel.precision_rewrites(Hardware(precision=precision)):
         raise RuntimeError("boom")
     assert matmul_error() < 1e-3
 
