@@ -1,4 +1,4 @@
-"""Command line: `python -m sweep run|promote|best|trials|check`."""
+"""Command line: `python -m sweep run|promote|best|trials|check|storage-server`."""
 
 from __future__ import annotations
 
@@ -283,6 +283,13 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def _storage_server(args: argparse.Namespace) -> int:
+    from sweep.storage_server import serve
+
+    serve(args.storage, args.host, args.port, args.threads)
+    return 0
+
+
 def _study_command(commands, name: str, run, help: str) -> argparse.ArgumentParser:
     """A command on an existing study: --study and the store flags."""
     parser = commands.add_parser(name, help=help)
@@ -353,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write CSV to PATH (default: standard output)")
     _study_command(commands, "check", _check, "check that Optuna and MLflow agree on every "
                    "trial (exit status 1 if not)")
+
+    server = commands.add_parser("storage-server", help="serve an RDB storage to many workers "
+                                 "through Optuna's gRPC proxy (--storage grpc://HOST:PORT)")
+    server.add_argument("--storage", required=True,
+                        help="the RDB storage it serves (postgresql://... or sqlite:///...)")
+    server.add_argument("--port", type=int, required=True)
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                        "127.0.0.1; 0.0.0.0 for other hosts: no TLS nor authentication)")
+    server.add_argument("--threads", type=int, default=10,
+                        help="requests served at once (default 10, Optuna's)")
+    server.set_defaults(run=_storage_server)
     return parser
 
 
@@ -363,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
     for flag in ("trials", "workers", "heartbeat", "top", "seeds", "gpus_per_trial",
-                 "trials_per_gpu"):
+                 "trials_per_gpu", "threads"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"sweep: error: --{flag.replace('_', '-')} must be at least 1",
                   file=sys.stderr)

@@ -1,5 +1,5 @@
-"""The Optuna side: storage (SQLite file by default, RDB URL or journal file), study, pruner,
-sampler."""
+"""The Optuna side: storage (SQLite file by default, RDB URL, journal file or gRPC proxy),
+study, pruner, sampler."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bertclf.errors import UserError
 from bertclf.masking import mask
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+GRPC_READY_SECONDS = 10  # how long a command waits for a gRPC storage proxy to answer
 OBJECTIVE = "val_accuracy"  # what every study maximises (its name in optuna-dashboard)
 T = TypeVar("T")
 
@@ -30,8 +31,11 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage, or a journal file for paths ending in .log/.journal. Liveness is the
-    sweep's own (sweep.ownership), the same for every kind, so Optuna's heartbeat is off."""
+    """An RDB storage, a journal file for paths ending in .log/.journal, or the gRPC proxy of
+    `sweep storage-server` for grpc://HOST:PORT. Liveness is the sweep's own
+    (sweep.ownership), the same for every kind, so Optuna's heartbeat is off."""
+    if url.startswith("grpc://"):
+        return open_grpc_proxy(url)
     if url.endswith((".log", ".journal")) and "://" not in url:
         backend = optuna.storages.journal.JournalFileBackend(url)
         return optuna.storages.JournalStorage(backend)
@@ -42,6 +46,26 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return retry_schema_race(
         lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs),
         f"Optuna storage {url}", url)
+
+
+def open_grpc_proxy(url: str) -> optuna.storages.GrpcStorageProxy:
+    """The proxy at grpc://HOST:PORT, once it answers; UserError if it does not in
+    GRPC_READY_SECONDS (a call to a proxy that is down would fail only at the first trial)."""
+    address = url.removeprefix("grpc://").rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"bad storage URL {url}: expected grpc://HOST:PORT")
+    with warnings.catch_warnings():  # Optuna marks the proxy experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host.strip("[]"), port=int(port))
+    try:
+        proxy.wait_server_ready(timeout=GRPC_READY_SECONDS)
+    except ConnectionError:
+        proxy.close()
+        raise UserError(f"no Optuna storage proxy answers at {url} within "
+                        f"{GRPC_READY_SECONDS}s (start one there with `python -m sweep "
+                        "storage-server`)") from None
+    return proxy
 
 
 # What the losers of a race to create a new database's tables (or a study's experiment) see.
