@@ -38,6 +38,7 @@ from sweep.records import (
     PARENT_RUN_TAG,
     PROMOTED_TRIAL_TAG,
     PROMOTES,
+    PROMOTION_STAGE,
     RUN_KEY,
     SEED,
     STAGE,
@@ -203,7 +204,8 @@ class Promotion:
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id], max_results=10000,
             filter_string=f"tags.`{PARENT_RUN_TAG}` = '{self.tracker.parent_run_id}' "
-                          f"and tags.`{STAGE}` = 'promotion' and attributes.status = 'RUNNING'")
+                          f"and tags.`{STAGE}` = '{PROMOTION_STAGE}' "
+                          "and attributes.status = 'RUNNING'")
         claims = {t.number: t for t in self.claims.study.get_trials(deepcopy=False)}
         for run in runs:
             claimed = claims.get(int(run.data.tags.get(CLAIM, -1)))
@@ -285,7 +287,7 @@ class Promotion:
         config = replace(candidate.config, seed=seed)
         number = candidate.trial.number if candidate.trial else CONTROL
         label = candidate.label
-        tags = {STAGE: "promotion", PROMOTES: str(number), SEED: str(seed),
+        tags = {STAGE: PROMOTION_STAGE, PROMOTES: str(number), SEED: str(seed),
                 FIDELITY: self.fidelity_key, CLAIM: str(trial.number),
                 **({CONTROL_TAG: "true"} if candidate.trial is None else {})}
         print(f"promote: {label} seed {seed} started", flush=True)

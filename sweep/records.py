@@ -40,7 +40,8 @@ ERROR_TAG = "error"  # why it failed (a promotion run's too)
 DROPPED_TAG = "model_dropped"  # "true" once its logged model was deleted (keep_models)
 
 # MLflow run tags of a promotion run
-STAGE = "sweep.stage"  # "promotion"
+STAGE = "sweep.stage"  # PROMOTION_STAGE
+PROMOTION_STAGE = "promotion"
 PROMOTES = "sweep.promotes_trial"  # the trial's number, or "defaults" for the control
 SEED = "sweep.seed"
 FIDELITY = "sweep.fidelity"
