@@ -45,13 +45,15 @@ pruner = "none"
 CHECKER = """
 import sys, time, optuna
 from sweep.ownership import fail_dead_trials
+from sweep.records import ERROR_ATTR
 from sweep.study import open_storage
 storage = open_storage(sys.argv[1])
 while True:
     try:
         study = optuna.load_study(study_name=sys.argv[2], storage=storage)
         for trial in fail_dead_trials(study, storage, float(sys.argv[3])):
-            print(f"checker failed trial {trial.number}: {trial.user_attrs['error']}", flush=True)
+            print(f"checker failed trial {trial.number}: {trial.user_attrs[ERROR_ATTR]}",
+                  flush=True)
     except KeyError:  # the study is not there yet
         pass
     time.sleep(1)
@@ -124,6 +126,7 @@ def main(argv: list[str]) -> int:
     from mlflow.tracking import MlflowClient
 
     from sweep.agreement import disagreements
+    from sweep.records import ERROR_ATTR
 
     folder = Path(args.folder or tempfile.mkdtemp(prefix="bench-faults-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,7 @@ def main(argv: list[str]) -> int:
         print(f"  lost: {line}")
     for trial in trials:
         if trial.state.name == "FAIL":
-            print(f"  trial {trial.number} FAIL: {trial.user_attrs.get('error')}")
+            print(f"  trial {trial.number} FAIL: {trial.user_attrs.get(ERROR_ATTR)}")
     from bench.run import machine
 
     host = machine()

@@ -12,11 +12,11 @@ from bertclf.cli import command_parser, run_command
 from bertclf.errors import UserError
 from bertclf.masking import mask
 from sweep.ownership import GRACE_SECONDS, HEARTBEAT_SECONDS
+from sweep.records import EXPERIMENT_ATTR, RUN_ID_ATTR, TEST_ACCURACY_ATTR, fixed_params
 from sweep.study import DEFAULT_STORAGE, check_study_name
 from sweep.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_EXPERIMENT = "experiments/imdb.toml"
-EXPERIMENT_ATTR = "experiment"  # study attribute: the experiment file it was run with
 
 
 def _stores(parser: argparse.ArgumentParser) -> None:
@@ -162,11 +162,9 @@ def _best_lines(study, ui_link: str | None) -> list[str]:
     best = study.best_trial
     lines = [f"best trial: {best.number} of study {study.study_name!r}",
              f"  val_accuracy:  {best.value:.4f}",
-             f"  test_accuracy: {best.user_attrs.get('test_accuracy', float('nan')):.4f}",
-             f"  mlflow run id: {best.user_attrs.get('mlflow_run_id')}"]
-    fixed = {k.removeprefix("fixed."): v for k, v in best.user_attrs.items()
-             if k.startswith("fixed.")}
-    lines += [f"  {key}: {value}" for key, value in {**best.params, **fixed}.items()]
+             f"  test_accuracy: {best.user_attrs.get(TEST_ACCURACY_ATTR, float('nan')):.4f}",
+             f"  mlflow run id: {best.user_attrs.get(RUN_ID_ATTR)}"]
+    lines += [f"  {key}: {value}" for key, value in {**best.params, **fixed_params(best)}.items()]
     defaults = search_margin(study)
     if defaults:
         lines.append(f"  over the defaults (trial {defaults['trial']}, same fidelity, one "
@@ -258,7 +256,7 @@ def _trials(args: argparse.Namespace) -> int:
         **{name.removeprefix("params_"): frame[name] for name in params},
         # a study that names its objective calls the column value_<name>
         "val_accuracy": frame.get(f"value_{OBJECTIVE}", frame.get("value")),
-        "test_accuracy": frame.get("user_attrs_test_accuracy"), "duration_s": duration,
+        "test_accuracy": frame.get(f"user_attrs_{TEST_ACCURACY_ATTR}"), "duration_s": duration,
     }, index=frame.index)
     if args.csv is not None:
         table.to_csv(sys.stdout if args.csv == "-" else args.csv, index=False)

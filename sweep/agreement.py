@@ -7,7 +7,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweep.tracking import DROPPED_TAG, RUN_ID_ATTR, RUN_STATUS, STATE_TAG
+from sweep.records import DROPPED_TAG, RUN_ID_ATTR, STATE_TAG, TRIAL_NUMBER_TAG
+from sweep.tracking import RUN_STATUS
 
 
 def live_models(client: MlflowClient, experiment_id: str) -> dict[str, list[str]]:
@@ -32,12 +33,12 @@ def disagreements(study: optuna.Study, client: MlflowClient) -> list[str]:
         return [f"no MLflow experiment for study {study.study_name!r}"]
     runs = {r.info.run_id: r for r in client.search_runs(
         [experiment.experiment_id], max_results=50000,
-        filter_string="tags.`optuna.trial_number` != ''")}
+        filter_string=f"tags.`{TRIAL_NUMBER_TAG}` != ''")}
     models = live_models(client, experiment.experiment_id)
     found = []
     runs_of: dict[int, list[str]] = {}
     for run in runs.values():
-        runs_of.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run.info.run_id)
+        runs_of.setdefault(int(run.data.tags[TRIAL_NUMBER_TAG]), []).append(run.info.run_id)
     for trial in study.get_trials(deepcopy=False):
         where = f"trial {trial.number} ({trial.state.name})"
         own = runs_of.get(trial.number, [])

@@ -18,7 +18,14 @@ from bertclf.config import field_types
 from bertclf.errors import UserError
 from bertclf.masking import mask
 from bertclf.outdir import card_path
-from sweep.promote import WINNER_ATTR
+from sweep.records import (
+    DEFAULTS_ATTR,
+    MODEL_URI_ATTR,
+    RUN_ID_ATTR,
+    TEST_ACCURACY_ATTR,
+    WINNER_ATTR,
+    fixed_params,
+)
 from sweep.tracking import mlflow_stores
 
 RELOAD_CHECK = """
@@ -50,25 +57,23 @@ def chosen_model(study: optuna.Study) -> ChosenModel:
         trial = next((t for t in completed if t.number == promotion["trial"]), study.best_trial)
         return ChosenModel(trial, promotion["run_id"], promotion["model_uri"], promotion)
     trial = study.best_trial
-    if "model_uri" not in trial.user_attrs:
+    if MODEL_URI_ATTR not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no logged model")
-    return ChosenModel(trial, trial.user_attrs["mlflow_run_id"], trial.user_attrs["model_uri"],
+    return ChosenModel(trial, trial.user_attrs[RUN_ID_ATTR], trial.user_attrs[MODEL_URI_ATTR],
                        None)
 
 
 def search_margin(study: optuna.Study) -> dict | None:
     """The best trial's accuracies minus those of the trial that ran the tool's defaults
     (each new study's first), at the search's fidelity; None without a completed one."""
-    from sweep.space import DEFAULTS_ATTR
-
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     defaults = next((t for t in completed if t.user_attrs.get(DEFAULTS_ATTR)), None)
     if defaults is None:
         return None
     best = study.best_trial
     return {"trial": defaults.number, "val_accuracy": best.value - defaults.value,
-            "test_accuracy": best.user_attrs["test_accuracy"]
-            - defaults.user_attrs["test_accuracy"]}
+            "test_accuracy": best.user_attrs[TEST_ACCURACY_ATTR]
+            - defaults.user_attrs[TEST_ACCURACY_ATTR]}
 
 
 def model_card(study: optuna.Study, chosen: ChosenModel, tracking_uri: str) -> dict:
@@ -79,7 +84,7 @@ def model_card(study: optuna.Study, chosen: ChosenModel, tracking_uri: str) -> d
     metrics = run.data.metrics
     # What the model was trained with, as its run recorded it: the searched and fixed values,
     # the seed, and a promotion's fidelity.
-    keys = {k.removeprefix("fixed.") for k in chosen.trial.user_attrs if k.startswith("fixed.")}
+    keys = {*fixed_params(chosen.trial)}
     keys |= {*chosen.trial.params, "seed", *(chosen.promotion or {}).get("fidelity", {})}
     params = {key: _typed(key, run.data.params[key]) for key in sorted(keys)}
     card = {"study": study.study_name, "trial": chosen.trial.number,

@@ -26,9 +26,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from bertclf.masking import mask
+from sweep.records import BEAT_ATTR, ERROR_ATTR, OWNER_ATTR
 
-OWNER_ATTR = "sweep.owner"  # {"host", "boot", "pid", "started"} of the process running it
-BEAT_ATTR = "sweep.heartbeat"  # unix time of the owner's last heartbeat
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 600  # another host's trial counts as dead after this long without a beat
 T = TypeVar("T")
@@ -128,7 +127,7 @@ def fail_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(study.study_name), trial.number)
         try:
-            storage.set_trial_user_attr(trial_id, "error", f"worker died: {reason}")
+            storage.set_trial_user_attr(trial_id, ERROR_ATTR, f"worker died: {reason}")
             if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # its owner, or another checker, ended it first

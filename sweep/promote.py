@@ -27,21 +27,30 @@ from sweep.ownership import (
     retry,
 )
 from sweep.processes import WarmProcesses, run_workers
+from sweep.records import (
+    CLAIM,
+    CLAIM_RUN_ID_ATTR,
+    CONTROL_TAG,
+    ERROR_ATTR,
+    FIDELITY,
+    MODEL_URI_ATTR,
+    MODEL_URI_TAG,
+    PARENT_RUN_TAG,
+    PROMOTED_TRIAL_TAG,
+    PROMOTES,
+    PROMOTION_STAGE,
+    RUN_KEY,
+    SEED,
+    STAGE,
+    TEST_ACCURACY_ATTR,
+    WINNER_ATTR,
+    WITHDRAWN,
+    fixed_params,
+)
 from sweep.runner import load_experiment_data, short
 from sweep.study import open_storage
 from sweep.tracking import Tracker, dataset_inputs, run_params
 from sweep.trial import PRELOAD, TrialJob, run_job
-
-WINNER_ATTR = "promotion"  # study attribute: the promoted winner, as `best` shows it
-# MLflow tags of a promotion run
-STAGE, PROMOTES, SEED, FIDELITY = "sweep.stage", "sweep.promotes_trial", "sweep.seed", \
-    "sweep.fidelity"
-CLAIM = "sweep.claim"  # the number of its claim in the claims study
-CONTROL_TAG = "sweep.control"  # "true" on the control arm's runs: the tool's defaults
-# Attributes of a claim (a trial of the claims study)
-RUN_KEY = "sweep.run"  # which run it claims: trial, seed and fidelity
-WITHDRAWN = "sweep.withdrawn"  # withdrawn: another claim of the same run came first
-
 
 CONTROL = "defaults"  # the control arm's name where a trial's number would be
 
@@ -108,9 +117,7 @@ def top_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
 def trial_config(trial: optuna.trial.FrozenTrial, experiment: Experiment,
                  fidelity: dict) -> TrainConfig:
     """The trial's configuration, with the promotion stage's fidelity."""
-    fixed = {k.removeprefix("fixed."): v for k, v in trial.user_attrs.items()
-             if k.startswith("fixed.")}
-    return experiment.base_config(**{**fixed, **trial.params, **fidelity})
+    return experiment.base_config(**{**fixed_params(trial), **trial.params, **fidelity})
 
 
 def claims_study_name(study_name: str) -> str:
@@ -196,13 +203,14 @@ class Promotion:
         fail_dead_trials(self.claims.study, self.storage, self.grace_seconds)
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id], max_results=10000,
-            filter_string=f"tags.mlflow.parentRunId = '{self.tracker.parent_run_id}' "
-                          f"and tags.`{STAGE}` = 'promotion' and attributes.status = 'RUNNING'")
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{self.tracker.parent_run_id}' "
+                          f"and tags.`{STAGE}` = '{PROMOTION_STAGE}' "
+                          "and attributes.status = 'RUNNING'")
         claims = {t.number: t for t in self.claims.study.get_trials(deepcopy=False)}
         for run in runs:
             claimed = claims.get(int(run.data.tags.get(CLAIM, -1)))
             if claimed is None or claimed.state.is_finished():
-                error = claimed.user_attrs.get("error") if claimed else None
+                error = claimed.user_attrs.get(ERROR_ATTR) if claimed else None
                 self.tracker.end_run(run.info.run_id, "FAIL",
                                      error or "promote died during the run")
 
@@ -217,7 +225,7 @@ class Promotion:
                     candidate.runs[seed] = {
                         "val_accuracy": claimed.value, **{
                             k: claimed.user_attrs[k]
-                            for k in ("test_accuracy", "run_id", "model_uri")}}
+                            for k in (TEST_ACCURACY_ATTR, CLAIM_RUN_ID_ATTR, MODEL_URI_ATTR)}}
 
     def run(self) -> dict:
         """Train what is missing, choose the winner, record it; returns its summary."""
@@ -279,7 +287,7 @@ class Promotion:
         config = replace(candidate.config, seed=seed)
         number = candidate.trial.number if candidate.trial else CONTROL
         label = candidate.label
-        tags = {STAGE: "promotion", PROMOTES: str(number), SEED: str(seed),
+        tags = {STAGE: PROMOTION_STAGE, PROMOTES: str(number), SEED: str(seed),
                 FIDELITY: self.fidelity_key, CLAIM: str(trial.number),
                 **({CONTROL_TAG: "true"} if candidate.trial is None else {})}
         print(f"promote: {label} seed {seed} started", flush=True)
@@ -288,19 +296,19 @@ class Promotion:
             run = self.tracker.start_child_run(f"promote-{candidate.run_name}-seed-{seed}",
                                                {**run_params(config), "promotes_trial": number},
                                                tags, inputs)
-            trial.set_user_attr("run_id", run.run_id)
+            trial.set_user_attr(CLAIM_RUN_ID_ATTR, run.run_id)
             job = TrialJob(config=asdict(config), dataset=dataset, run_id=run.run_id,
                            tracking_uri=self.tracker.tracking_uri)
             outcome = run_job(job) if self.in_process else call_in_process(job)
-            run.tags["model_uri"] = outcome["model_uri"]
-            for key in ("test_accuracy", "model_uri"):
+            run.tags[MODEL_URI_TAG] = outcome["model_uri"]
+            for key in (TEST_ACCURACY_ATTR, MODEL_URI_ATTR):
                 trial.set_user_attr(key, outcome[key])
             state, value = TrialState.COMPLETE, outcome["best_val_accuracy"]
         except BaseException as e:
             error = ("interrupted (Ctrl-C or SIGTERM) during the run"
                      if isinstance(e, KeyboardInterrupt) or stop.is_set()
                      else mask(f"{type(e).__name__}: {e}"))
-            trial.set_user_attr("error", error[:1000])
+            trial.set_user_attr(ERROR_ATTR, error[:1000])
             if not isinstance(e, Exception):
                 raise
             print(f"promote: {label} seed {seed} FAIL: {error.splitlines()[0][:200]} "
@@ -346,7 +354,7 @@ class Promotion:
                   + (": the defaults won" if ranked[0] is control else ""), flush=True)
         self.study.set_user_attr(WINNER_ATTR, winner)
         client, parent = self.tracker.client, self.tracker.parent_run_id
-        client.set_tag(parent, "promoted_trial", str(winner["trial"]))
+        client.set_tag(parent, PROMOTED_TRIAL_TAG, str(winner["trial"]))
         for key in ("val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean"):
             client.log_metric(parent, f"promoted_{key}", winner[key])
         label = CONTROL if winner["trial"] == CONTROL else f"trial {winner['trial']}"

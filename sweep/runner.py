@@ -23,13 +23,18 @@ from sweep.ownership import (
     retry,
 )
 from sweep.processes import WarmProcesses, run_workers
+from sweep.records import (
+    ERROR_ATTR,
+    MODEL_URI_ATTR,
+    RETRY_OF,
+    RUN_ID_ATTR,
+    SUMMARY_ATTRS,
+    TEST_ACCURACY_ATTR,
+)
 from sweep.space import suggest_config
 from sweep.study import ask, open_storage
-from sweep.tracking import RUN_ID_ATTR, ChildRun, Tracker, dataset_inputs
+from sweep.tracking import ChildRun, Tracker, dataset_inputs
 from sweep.trial import PRELOAD, PrunedAt, TrialAddress, TrialJob, run_job
-
-SUMMARY_ATTRS = ("test_accuracy", "test_loss", "best_epoch", "model_uri")
-RETRY_OF = "sweep.retry_of"  # trial attribute: the dead worker's trial it re-runs
 
 
 def short(values: dict) -> str:
@@ -142,7 +147,7 @@ class Sweep:
         frozen = retry(lambda: self.study.tell(trial, value, state, skip_if_finished=True))
         if frozen.state != state or lost:  # ended elsewhere (its owner was taken for dead)
             self._record_error(trial, run, f"the trial was ended as {frozen.state.name} "
-                               f"elsewhere: {frozen.user_attrs.get('error', '')}")
+                               f"elsewhere: {frozen.user_attrs.get(ERROR_ATTR, '')}")
         if run and "model_uri" in outcome and frozen.state != TrialState.COMPLETE:
             self.tracker.drop_model(run.run_id, outcome["model_uri"])
         if run:
@@ -156,7 +161,7 @@ class Sweep:
         if run:
             run.error = error
         try:
-            trial.set_user_attr("error", error[:1000])
+            trial.set_user_attr(ERROR_ATTR, error[:1000])
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
 
@@ -176,12 +181,12 @@ class Sweep:
         line = f"trial {trial.number} {trial.state.name} in {seconds:.1f}s"
         if trial.state == TrialState.COMPLETE:
             line += (f": val_accuracy={trial.value:.4f} "
-                     f"test_accuracy={trial.user_attrs['test_accuracy']:.4f}")
+                     f"test_accuracy={trial.user_attrs[TEST_ACCURACY_ATTR]:.4f}")
         elif trial.state == TrialState.PRUNED and trial.last_step is not None:
             step = trial.last_step
             line += f" after step {step}: val_accuracy={trial.intermediate_values[step]:.4f}"
-        elif "error" in trial.user_attrs:
-            line += f": {trial.user_attrs['error'].splitlines()[0][:200]}"
+        elif ERROR_ATTR in trial.user_attrs:
+            line += f": {trial.user_attrs[ERROR_ATTR].splitlines()[0][:200]}"
         try:
             best = self.study.best_trial
             line += f" | best: trial {best.number} val_accuracy={best.value:.4f}"
@@ -199,10 +204,10 @@ class Sweep:
         completed = sorted(self.study.get_trials(deepcopy=False, states=[
             TrialState.COMPLETE]), key=lambda t: (-t.value, t.number))
         for trial in completed[keep:]:
-            if "model_uri" not in trial.user_attrs or trial.number in self._decided:
+            if MODEL_URI_ATTR not in trial.user_attrs or trial.number in self._decided:
                 continue
             if self.tracker.drop_model(trial.user_attrs[RUN_ID_ATTR],
-                                       trial.user_attrs["model_uri"]):
+                                       trial.user_attrs[MODEL_URI_ATTR]):
                 print(f"sweep: dropped the logged model of trial {trial.number} (keep_models "
                       f"= {keep})", flush=True)
             self._decided.add(trial.number)

@@ -6,6 +6,7 @@ import optuna
 
 from bertclf.config import TrainConfig, field_types
 from sweep.experiment import Experiment, Range
+from sweep.records import DEFAULTS_ATTR, SPLIT_SEED_ATTR, fixed_attr
 
 
 def suggest_config(trial: optuna.Trial, experiment: Experiment) -> TrainConfig:
@@ -22,13 +23,10 @@ def suggest_config(trial: optuna.Trial, experiment: Experiment) -> TrainConfig:
             values[name] = trial.suggest_categorical(name, dimension)
         else:
             values[name] = dimension
-            trial.set_user_attr(f"fixed.{name}", dimension)
+            trial.set_user_attr(fixed_attr(name), dimension)
     config = experiment.base_config(**values)
-    trial.set_user_attr("split_seed", config.data_seed)
+    trial.set_user_attr(SPLIT_SEED_ATTR, config.data_seed)
     return config
-
-
-DEFAULTS_ATTR = "sweep.defaults"  # trial attribute: the trial that tries the tool's defaults
 
 
 def default_params(experiment: Experiment) -> dict:

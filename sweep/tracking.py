@@ -23,15 +23,26 @@ from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
 from bertclf.encoder_map import get_encoder
 from bertclf.masking import mask
 from sweep.ownership import retry
+from sweep.records import (
+    BEST_TRIAL_TAG,
+    DROPPED_TAG,
+    ERROR_ATTR,
+    ERROR_TAG,
+    EXPERIMENT_FILE_TAG,
+    PARENT_RUN_ATTR,
+    PARENT_RUN_TAG,
+    RUN_ID_ATTR,
+    STATE_TAG,
+    STUDY_TAG,
+    TEST_ACCURACY_ATTR,
+    TRIAL_NUMBER_TAG,
+    WINNER_ATTR,
+)
 from sweep.study import retry_schema_race, sqlite_path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
-RUN_ID_ATTR = "mlflow_run_id"
 PARENT_WAIT_SECONDS = 30
-STATE_TAG = "optuna.trial_state"
-DROPPED_TAG = "model_dropped"  # on a run whose logged model was deleted (keep_models)
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 DATA_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
@@ -154,7 +165,7 @@ class Tracker:
             except Exception:  # deleted or from another tracking store: make a new parent
                 pass
         run = self.client.create_run(self.experiment_id, run_name=self.study.study_name,
-                                     tags={"optuna.study": self.study.study_name})
+                                     tags={STUDY_TAG: self.study.study_name})
         self.study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
         return run.info.run_id
 
@@ -165,14 +176,14 @@ class Tracker:
     def open_parent(self, experiment_file: str) -> None:
         """Mark the parent RUNNING for this session of work on the study."""
         self.client.update_run(self.parent_run_id, status="RUNNING")
-        self.client.set_tag(self.parent_run_id, "experiment_file", experiment_file)
+        self.client.set_tag(self.parent_run_id, EXPERIMENT_FILE_TAG, experiment_file)
 
     def start_child_run(self, name: str, params: dict, tags: dict[str, str],
                         datasets: list[DatasetInput]) -> ChildRun:
         """A new child run of the parent holding `params` and `datasets`; end it with
         `end_run`."""
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"mlflow.parentRunId": self.parent_run_id, **tags})
+                                     tags={PARENT_RUN_TAG: self.parent_run_id, **tags})
         record = ChildRun(run.info.run_id)
         self.client.log_batch(record.run_id,
                               params=[Param(k, str(v)) for k, v in params.items()])
@@ -184,7 +195,7 @@ class Tracker:
     def start_trial_run(self, trial: optuna.Trial, config: TrainConfig,
                         datasets: list[DatasetInput]) -> ChildRun:
         """The child run of `trial`, named trial-N; its id goes to the trial."""
-        tags = {"optuna.study": self.study.study_name, "optuna.trial_number": str(trial.number),
+        tags = {STUDY_TAG: self.study.study_name, TRIAL_NUMBER_TAG: str(trial.number),
                 STATE_TAG: "RUNNING"}
         params = {**run_params(config), "trial_number": trial.number}
         run = self.start_child_run(f"trial-{trial.number}", params, tags, datasets)
@@ -196,7 +207,7 @@ class Tracker:
         """Close a child run with its final Optuna state (and error, and extra tags)."""
         run_tags = [RunTag(k, v) for k, v in {**(tags or {}), STATE_TAG: state}.items()]
         if error:
-            run_tags.append(RunTag("error", error[:5000]))
+            run_tags.append(RunTag(ERROR_TAG, error[:5000]))
         if run_tags:
             self.client.log_batch(run_id, tags=run_tags)
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
@@ -208,10 +219,10 @@ class Tracker:
         except ValueError:  # no completed trial yet
             return
         values = {"best_val_accuracy": best.value}
-        if "test_accuracy" in best.user_attrs:
-            values["best_test_accuracy"] = best.user_attrs["test_accuracy"]
+        if TEST_ACCURACY_ATTR in best.user_attrs:
+            values["best_test_accuracy"] = best.user_attrs[TEST_ACCURACY_ATTR]
         log_metrics(self.client, self.parent_run_id, values, step=step)
-        self.client.set_tag(self.parent_run_id, "best_trial", str(best.number))
+        self.client.set_tag(self.parent_run_id, BEST_TRIAL_TAG, str(best.number))
 
     def model_is_needed(self, run_id: str) -> str | None:
         """Why the logged model of `run_id` must stay (registered, or the promoted one
@@ -220,7 +231,7 @@ class Tracker:
         if versions:
             v = versions[0]
             return f"registered as {v.name} version {v.version}"
-        promotion = self.study.user_attrs.get("promotion") or {}
+        promotion = self.study.user_attrs.get(WINNER_ATTR) or {}
         if promotion.get("run_id") == run_id:
             return "the promoted winner's model"
         return None
@@ -288,16 +299,16 @@ class Tracker:
         started in between has no run yet, and a run's trial is always read."""
         runs = self.client.search_runs(
             [self.experiment_id], max_results=10000,
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' "
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
                           "and attributes.status = 'RUNNING'")
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         fixed = 0
         for run in runs:
-            number = run.data.tags.get("optuna.trial_number")
+            number = run.data.tags.get(TRIAL_NUMBER_TAG)
             trial = trials.get(int(number)) if number is not None else None
             if trial is None or not trial.state.is_finished():
                 continue  # a promotion run (promote ends those), or a live trial
-            error = (trial.user_attrs.get("error") or "worker died during the trial"
+            error = (trial.user_attrs.get(ERROR_ATTR) or "worker died during the trial"
                      if trial.state.name == "FAIL" else None)
             self.end_run(run.info.run_id, trial.state.name, error=error)
             fixed += 1

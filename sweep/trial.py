@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 
 from bertclf.datasets import Dataset
+from sweep.records import ERROR_ATTR
 
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 # What a logged model needs to load: the versions this trial ran with.
@@ -115,7 +116,7 @@ class ReportAndPrune:
 
     def lost(self) -> TrialLost:
         trial = self.storage.get_trial(self.trial_id)
-        why = trial.user_attrs.get("error", "")
+        why = trial.user_attrs.get(ERROR_ATTR, "")
         return TrialLost(f"the trial was ended as {trial.state.name} elsewhere while it "
                          f"trained{f' ({why})' if why else ''}")
 

@@ -24,7 +24,7 @@ from sweep_helpers import (
 )
 
 from bench.faults import other_host_checker
-from sweep.ownership import OWNER_ATTR
+from sweep.records import OWNER_ATTR
 
 
 def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:

@@ -13,8 +13,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.ownership import (
-    BEAT_ATTR,
-    OWNER_ATTR,
     Heartbeat,
     Owner,
     claim,
@@ -23,6 +21,7 @@ from sweep.ownership import (
     why_dead,
 )
 from sweep.promote import Claims
+from sweep.records import BEAT_ATTR, OWNER_ATTR
 from sweep.study import open_storage
 from sweep.tracking import Tracker
 
