@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import optuna
 
 from bertclf.errors import UserError
-from sweep.masking import mask
+from bertclf.masking import mask
 from sweep.study import open_storage
 
 
