@@ -165,7 +165,9 @@ def main(argv: list[str]) -> int:
         if trial.state.name == "FAIL":
             print(f"  trial {trial.number} FAIL: {trial.user_attrs.get(ERROR_ATTR)}")
     from bench.run import machine
+    from bertclf.quiet import load_tensorflow
 
+    load_tensorflow()  # machine() asks TensorFlow for GPUs: without its start-up lines
     host = machine()
     print(f"wall time {seconds / 60:.1f} min, on {host.get('cpu')}, {host['cores']} cores")
     if sweep.returncode != 0:
