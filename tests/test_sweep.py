@@ -505,25 +505,26 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     map_file.write_text('[encoders.broken]\nencoder = "broken/enc"\npreprocess = "broken/pre"\n')
     write_experiment(tmp_path, "failing.toml", encoder='["broken", "tiny"]',
                      extra_search=f'encoder_map = "{map_file}"')
-    # sampler seed 4 proposes broken, then tiny (checked below)
-    result = sweep_cli(tmp_path, "run", "--trials", 2, "--experiment", "failing.toml",
-                       "--study", "failing", "--seed", 4)
+    # trial 0 is the defaults (encoder tiny); sampler seed 0 then proposes broken, tiny
+    result = sweep_cli(tmp_path, "run", "--trials", 3, "--experiment", "failing.toml",
+                       "--study", "failing", "--seed", 0)
     assert result.returncode == 0, explain(result)
     study = load_study(tmp_path, "failing")
     encoders = [t.params.get("encoder") for t in study.trials]
-    assert encoders == ["broken", "tiny"], f"the sampler no longer proposes {encoders}"
-    failed, finished = study.trials
+    assert encoders == ["tiny", "broken", "tiny"], f"the sampler no longer proposes {encoders}"
+    defaults, failed, finished = study.trials
     assert failed.state.name == "FAIL"
     assert "broken" in failed.user_attrs["error"], failed.user_attrs
     assert finished.state.name == "COMPLETE"
-    assert "trial 0 FAIL" in result.stdout and "trial 1 COMPLETE" in result.stdout
+    assert defaults.state.name == "COMPLETE"
+    assert "trial 1 FAIL" in result.stdout and "trial 2 COMPLETE" in result.stdout
 
     runs = mlflow_runs(tmp_path, "failing").by_name()
-    assert runs["trial-0"].info.status == "FAILED"
-    assert runs["trial-0"].data.tags["optuna.trial_state"] == "FAIL"
-    assert "broken" in runs["trial-0"].data.tags["error"]
-    assert runs["trial-1"].info.status == "FINISHED"
-    assert runs["trial-1"].data.tags["optuna.trial_state"] == "COMPLETE"
+    assert runs["trial-1"].info.status == "FAILED"
+    assert runs["trial-1"].data.tags["optuna.trial_state"] == "FAIL"
+    assert "broken" in runs["trial-1"].data.tags["error"]
+    assert runs["trial-2"].info.status == "FINISHED"
+    assert runs["trial-2"].data.tags["optuna.trial_state"] == "COMPLETE"
     assert mlflow_runs(tmp_path, "failing").running() == []
 
 
