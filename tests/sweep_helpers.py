@@ -78,7 +78,7 @@ def sweep_env(folder: Path) -> dict:
     return {**os.environ, "PYTHONPATH": path, "TMPDIR": str(tmp)}
 
 
-def sweep_cli(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+def sweep_cli(folder: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
                             env=sweep_env(folder), capture_output=True, text=True,
