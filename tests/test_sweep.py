@@ -452,7 +452,7 @@ def test_ctrl_c_fails_the_trial_and_closes_every_run(stop_folder):
 
     study = load_study(stop_folder, "stop")
     assert [t.state.name for t in study.trials] == ["FAIL"]
-    assert "KeyboardInterrupt" in study.trials[0].user_attrs.get("error", "")
+    assert "interrupted (Ctrl-C or SIGTERM)" in study.trials[0].user_attrs.get("error", "")
     runs = mlflow_runs(stop_folder, "stop")
     assert runs.running() == []
     assert runs.by_name()["trial-0"].info.status == "FAILED"
