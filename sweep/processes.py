@@ -149,20 +149,29 @@ def run_workers(work: Callable[[int], None], slots: int, in_process: bool,
                 interrupt: Callable[[], None]) -> None:
     """`work(slot)` for every slot, each in a thread of its own (in this thread if
     `in_process`), until all return. Ctrl-C (KeyboardInterrupt, which only the main thread
-    gets) calls `interrupt()` to end their work, waits for them, and raises."""
-    threads = [threading.Thread(target=work, args=(slot,), name=f"worker-{slot}")
-               for slot in range(0 if in_process else slots)]
+    gets) calls `interrupt()` to end their work, waits for them, and raises.
+
+    The wait is on events the workers set, not on Thread.join: a join that Ctrl-C interrupts
+    can mark a still-running thread as stopped (CPython's bpo-45274 handling), and the
+    process would then exit under a worker that is still recording its trial."""
+    done = [threading.Event() for _ in range(0 if in_process else slots)]
+
+    def run(slot: int) -> None:
+        try:
+            work(slot)
+        finally:
+            done[slot].set()
+
     try:
         if in_process:
             work(0)
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
+        for slot in range(len(done)):
+            threading.Thread(target=run, args=(slot,), name=f"worker-{slot}").start()
+        for event in done:
+            while not event.wait(0.5):
+                pass
     except KeyboardInterrupt:
         interrupt()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join()
+        for event in done:
+            event.wait()
         raise
