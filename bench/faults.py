@@ -15,6 +15,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,13 +98,25 @@ def this_checkout() -> dict:
 
 
 def other_host_checker(storage: str, study: str, grace: float) -> subprocess.Popen:
-    """The checker in a UTS namespace named other-host (plain, if unshare is refused)."""
+    """The checker in a UTS namespace named other-host (plain, if unshare is refused), in a
+    process group of its own: end it with `stop_checker`."""
     command = [sys.executable, "-c", CHECKER, storage, study, str(grace)]
     unshare = shutil.which("unshare")
     if unshare and subprocess.run([unshare, "--uts", "true"]).returncode == 0:
-        command = [unshare, "--uts", "--fork", "sh", "-c",
+        command = [unshare, "--uts", "--fork", "--kill-child", "sh", "-c",
                    'hostname other-host && exec "$@"', "sh", *command]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=this_checkout())
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=this_checkout(),
+                            start_new_session=True)
+
+
+def stop_checker(checker: subprocess.Popen) -> str:
+    """Kill the checker's whole process group and return what it printed. (Killing only
+    `unshare` would leave its forked child holding the pipe, and reading it would hang.)"""
+    try:
+        os.killpg(checker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return checker.communicate(timeout=60)[0]
 
 
 def burn() -> None:
@@ -145,7 +158,7 @@ def main(argv: list[str]) -> int:
              study], cwd=folder, capture_output=True, text=True, env=this_checkout())
     finally:
         seconds = time.monotonic() - started
-        checker.kill()
+        stop_checker(checker)
         for b in burners:
             b.kill()
     failures = sweep.stderr.count("heartbeat write failed")

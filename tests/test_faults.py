@@ -23,7 +23,7 @@ from sweep_helpers import (
     write_experiment,
 )
 
-from bench.faults import other_host_checker
+from bench.faults import other_host_checker, stop_checker
 from sweep.records import OWNER_ATTR
 
 
@@ -94,8 +94,7 @@ def test_failed_heartbeat_writes_never_fail_a_live_trial(tmp_path):
             assert time.monotonic() < deadline, "the dead trial was never failed"
             time.sleep(1)
     finally:
-        checker.kill()
-        output = checker.communicate()[0]
+        output = stop_checker(checker)
     dead = load_study(tmp_path, "beats").trials[2]
     assert dead.state.name == "FAIL"
     separate = subprocess.run(["unshare", "--uts", "true"]).returncode == 0
