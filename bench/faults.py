@@ -62,18 +62,21 @@ while True:
 
 
 def flaky_heartbeat(every: int) -> None:
-    """Make every `every`-th heartbeat write of this process raise, as a locked database or a
-    dropped connection does."""
+    """Make every `every`-th heartbeat write of each trial raise, as a locked database or a
+    dropped connection does. (Counted per trial: one count over all trials, with two trials
+    beating in turn and every second write failing, failed every write of the second one.)"""
+    from collections import Counter
+
     from sweep.ownership import Heartbeat
 
     write = Heartbeat.beat
-    count = 0
+    counts: Counter[int] = Counter()
 
     def beat(self, trial_id: int) -> None:
-        nonlocal count
-        count += 1
-        if count % every == 0:
-            raise ConnectionError(f"injected heartbeat write failure #{count // every}")
+        counts[trial_id] += 1
+        if counts[trial_id] % every == 0:
+            failures = sum(n // every for n in counts.values())
+            raise ConnectionError(f"injected heartbeat write failure #{failures}")
         write(self, trial_id)
 
     Heartbeat.beat = beat

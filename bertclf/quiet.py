@@ -17,7 +17,11 @@ import tempfile
 VERBOSE_ENV = "BERTCLF_VERBOSE"
 # Set where the user has not set them, unless verbose.
 QUIET_ENV = {
-    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ INFO and WARNING lines (oneDNN notices...)
+    # TensorFlow's C++ INFO, WARNING and ERROR lines: oneDNN notices at start-up, and ERROR
+    # lines that are not, e.g. "oneDNN supports DT_INT64 only on platforms with AVX-512.
+    # Falling back to the default Eigen-based implementation" in every training run on some
+    # hosts. A real failure reaches the user as a Python exception.
+    "TF_CPP_MIN_LOG_LEVEL": "3",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..."
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per model download
 }

@@ -65,7 +65,7 @@ def test_random_sampler_and_its_seed():
 
 def test_open_study_uses_the_spec_and_moves_the_seed_on(tmp_path):
     """A continued study's sampler is seeded with sampler_seed + its trial count."""
-    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=None)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     pruner = optuna.pruners.NopPruner()
     study, created = open_study("s", storage, pruner=pruner, sampler=Sampler("random"),
                                 sampler_seed=10)

@@ -163,7 +163,9 @@ def test_child_runs_hold_params_metrics_artifacts_and_model(swept):
         # What the trial ran on: the experiment's float32, XLA only with a GPU by default.
         gpu = accel.has_gpu()
         assert {k: v for k, v in run.data.tags.items() if k.startswith("hardware.")} == {
-            "hardware.gpu": str(gpu), "hardware.xla": str(gpu), "hardware.precision": "float32"}
+            "hardware.gpu": str(gpu), "hardware.xla": str(gpu), "hardware.precision": "float32",
+            # no --gpus: the trial process keeps the sweep's own device list
+            "hardware.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
         metrics = run.data.metrics
         for key in EPOCH_METRICS:
             assert key in metrics, (key, sorted(metrics))

@@ -137,15 +137,22 @@ def test_metrics_are_plain_json(learned):
     assert metrics["hardware"] == {"gpu": gpu, "precision": "float32", "xla": gpu}
 
 
-def test_auto_precision_is_recorded_as_what_ran(review_folder):
-    """precision "auto" (the default) trains in what the hardware offers, and says which."""
-    result = train(config(data=str(review_folder), precision="auto", epochs=1), verbose=0)
+def test_auto_precision_is_recorded_as_what_ran(learned):
+    """precision "auto" (the default) trains in what the hardware offers, and says which: on
+    a CPU with native bfloat16 its first epoch's loss differs from the float32 run's by
+    bfloat16 rounding (the rewrite ran: the layers' dtypes stay float32 under it), elsewhere
+    it is the float32 run."""
+    result = train(replace(learned.config, precision="auto", epochs=1), verbose=0)
     assert result.config.precision == "auto"
     offered = ("mixed_float16" if accel.has_gpu() else
                "mixed_bfloat16" if accel.cpu_has_bf16() else "float32")
     assert result.hardware["precision"] == offered
-    compute = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-    assert {layer.compute_dtype for layer in result.model.layers} >= {compute[offered]}
+    assert result.metrics()["hardware"]["precision"] == offered
+    difference = abs(result.history["loss"][0] - learned.history["loss"][0])
+    if offered == "float32":
+        assert difference < 1e-5, (result.history, learned.history)
+    else:
+        assert 1e-5 < difference < 0.05, (result.history, learned.history)
 
 
 def flipped(seed: int) -> Dataset:
