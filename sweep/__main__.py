@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from bertclf.cli import command_parser, run_command
@@ -73,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment, data_override=args.data)
     name = check_study_name(experiment.study_name if args.study is None else args.study)
     clock.budget_seconds = _budget_seconds(args, experiment)
+    if args.control:
+        experiment = replace(experiment, promotion=replace(experiment.promotion, control=True))
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
         print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here "
@@ -141,6 +144,9 @@ def _budget_seconds(args: argparse.Namespace, experiment) -> float:
     seconds = parse_duration(args.budget) if args.budget else (experiment.budget_seconds or 0.0)
     if args.plan_only and not seconds:
         raise UserError("--plan-only prints a budget's plan: give --budget (or [study] budget)")
+    if args.control and not seconds:
+        raise UserError("--control is for a budget's promotion (`sweep promote --control` "
+                        "otherwise): give --budget")
     if seconds and args.timeout:
         raise UserError("--budget and --timeout both limit the time: give one")
     return seconds
@@ -379,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "budget); --trials is then an upper bound")
     run.add_argument("--plan-only", action="store_true",
                      help="with a budget: print its plan and exit")
+    run.add_argument("--control", action="store_true",
+                     help="with a budget: the promotion also re-trains the tool's defaults "
+                          "with the same seeds (also [promote] control = true)")
     run.add_argument("--seed", type=int, help="sampler seed")
     run.add_argument("--workers", type=int,
                      help="trial processes running at once (the --trials total is exact; "
