@@ -156,13 +156,11 @@ def _trials_so_far(storage_url: str, name: str) -> list:
     """The study's trials if it exists already, without creating a store or a study."""
     import optuna
 
-    from sweep.study import sqlite_path
+    from sweep.study import open_storage, sqlite_path
 
     path = sqlite_path(storage_url)
     if path is not None and not path.is_file():
         return []
-    from sweep.study import open_storage
-
     storage = open_storage(storage_url)
     if name not in optuna.get_all_study_names(storage):
         return []
