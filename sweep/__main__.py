@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from bertclf.cli import command_parser, run_command
@@ -55,6 +56,7 @@ def _worker_slots(args: argparse.Namespace, workers: int | None) -> list[dict[st
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sweep.budget import Clock
     from sweep.experiment import (
         common_reasons,
         drop_unreachable_encoders,
@@ -64,12 +66,16 @@ def _run(args: argparse.Namespace) -> int:
     from sweep.runner import Sweep, load_experiment_data
     from sweep.study import make_pruner, open_storage, open_study
 
+    clock = Clock(0.0)  # the budget's clock starts with the command
     if args.in_process and (args.workers or 1) > 1:
         raise UserError("--in-process runs one trial at a time: drop --workers")
     slots = _worker_slots(args, 1 if args.in_process else args.workers)
     # Bad input is found before anything is written.
     experiment = load_experiment(args.experiment, data_override=args.data)
     name = check_study_name(experiment.study_name if args.study is None else args.study)
+    clock.budget_seconds = _budget_seconds(args, experiment)
+    if args.control:
+        experiment = replace(experiment, promotion=replace(experiment.promotion, control=True))
     dropped = drop_unreachable_encoders(experiment)
     if dropped:
         print(f"sweep: dropped {len(dropped)} encoder(s) that cannot be loaded here "
@@ -77,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
               f"{', '.join(map(str, experiment.space['encoder']))}{per_encoder(dropped)}",
               flush=True)
     dataset = load_experiment_data(experiment)
+    if args.plan_only:
+        _budget_plan(args, experiment, dataset, _trials_so_far(args.storage, name), clock,
+                     len(slots))
+        return 0
     storage = open_storage(args.storage)
     seed = args.seed if args.seed is not None else experiment.sampler_seed
     study, created = open_study(name, storage, sampler_seed=seed,
@@ -89,13 +99,15 @@ def _run(args: argparse.Namespace) -> int:
         from sweep.space import enqueue_defaults
 
         enqueue_defaults(study, experiment)
+    plan = (_budget_plan(args, experiment, dataset, study.get_trials(deepcopy=False), clock,
+                         len(slots)) if clock.budget_seconds else None)
     tracker = _open_tracker(args.tracking_uri, study, storage, args.grace, created)
     trials = args.trials or experiment.trials
     timeout = args.timeout * 60 if args.timeout else (
         experiment.timeout_minutes * 60 if experiment.timeout_minutes else None)
     print(f"sweep: study {name!r} ({len(study.trials)} trial(s) so far), "
-          f"{trials} more, storage {mask(args.storage)}, MLflow {mask(args.tracking_uri)}",
-          flush=True)
+          f"{_more(plan, trials)}, storage {mask(args.storage)}, MLflow "
+          f"{mask(args.tracking_uri)}", flush=True)
     sweep = Sweep(experiment, dataset, study, tracker, storage, args.storage,
                   in_process=args.in_process, heartbeat_seconds=args.heartbeat,
                   grace_seconds=args.grace)
@@ -103,10 +115,67 @@ def _run(args: argparse.Namespace) -> int:
     if dropped:
         tracker.client.set_tag(tracker.parent_run_id, "dropped_encoders", "; ".join(
             f"{name}: {why}" for name, why in dropped.items()))
-    code = _until_done(tracker, lambda: sweep.run(trials, timeout, slots=slots))
+    if plan:
+        from sweep.budget import BudgetRun
+
+        work = BudgetRun(plan, clock, sweep, slots, args).run
+    else:
+        def work() -> None:
+            sweep.run(trials, timeout, slots=slots)
+    code = _until_done(tracker, work)
     if code == 0:
         _print_best(study, tracker.ui_link())
     return code
+
+
+def _more(plan, trials: int) -> str:
+    """How many more trials this command runs, as its first line says."""
+    if plan is None:
+        return f"{trials} more"
+    return f"as many more as fit the search's {plan.search_seconds / 60:.1f}m" + (
+        f" (at most {plan.inputs.max_trials})" if plan.inputs.max_trials else "")
+
+
+def _budget_seconds(args: argparse.Namespace, experiment) -> float:
+    """The time budget in seconds (--budget, else [study] budget; 0: none), checked against
+    the flags it cannot go with."""
+    from sweep.budget import parse_duration
+
+    seconds = parse_duration(args.budget) if args.budget else (experiment.budget_seconds or 0.0)
+    if args.plan_only and not seconds:
+        raise UserError("--plan-only prints a budget's plan: give --budget (or [study] budget)")
+    if args.control and not seconds:
+        raise UserError("--control is for a budget's promotion (`sweep promote --control` "
+                        "otherwise): give --budget")
+    if seconds and args.timeout:
+        raise UserError("--budget and --timeout both limit the time: give one")
+    return seconds
+
+
+def _trials_so_far(storage_url: str, name: str) -> list:
+    """The study's trials if it exists already, without creating a store or a study."""
+    import optuna
+
+    from sweep.study import open_storage, sqlite_path
+
+    path = sqlite_path(storage_url)
+    if path is not None and not path.is_file():
+        return []
+    storage = open_storage(storage_url)
+    if name not in optuna.get_all_study_names(storage):
+        return []
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def _budget_plan(args: argparse.Namespace, experiment, dataset, trials: list, clock,
+                 parallel: int):
+    """Measure (or reuse the measurement), make the budget's plan and print it."""
+    from sweep.budget import format_plan, plan_budget
+
+    plan = plan_budget(experiment, dataset, trials, clock.budget_seconds, clock.used,
+                       max_trials=args.trials, parallel=parallel)
+    print(format_plan(plan), flush=True)
+    return plan
 
 
 def _open_tracker(tracking_uri: str, study, storage, grace: float, created: bool = False):
@@ -307,7 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"experiment file (default {DEFAULT_EXPERIMENT})")
     run.add_argument("--study", help="study name (default: the experiment's)")
     run.add_argument("--data", help="data path overriding the experiment's")
-    run.add_argument("--timeout", type=float, help="time budget in minutes")
+    run.add_argument("--timeout", type=float, help="time limit of the search in minutes")
+    run.add_argument("--budget", metavar="DURATION",
+                     help="from data to exported model within DURATION (4h, 90m, 1h30m, 45s; a "
+                          "number: minutes): plan, search, promote, export (also [study] "
+                          "budget); --trials is then an upper bound")
+    run.add_argument("--plan-only", action="store_true",
+                     help="with a budget: print its plan and exit")
+    run.add_argument("--control", action="store_true",
+                     help="with a budget: the promotion also re-trains the tool's defaults "
+                          "with the same seeds (also [promote] control = true)")
     run.add_argument("--seed", type=int, help="sampler seed")
     run.add_argument("--workers", type=int,
                      help="trial processes running at once (the --trials total is exact; "

@@ -18,7 +18,7 @@ from bertclf.quiet import is_verbose
 DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
              "max_test_examples", "text_column", "label_column", "val_fraction", "split_seed"}
 STUDY_KEYS = {"trials", "timeout_minutes", "pruner", "sampler", "sampler_seed", "name",
-              "keep_models"}
+              "keep_models", "budget"}
 # The full-fidelity stage: how many configurations, how many seeds, and what changes.
 PROMOTE_FIDELITY = {"epochs", "patience", "seq_len", "max_examples", "max_train_examples",
                     "max_val_examples", "max_test_examples", "eval_every", "eval_examples"}
@@ -74,6 +74,7 @@ class Experiment:
     space: dict[str, Any]  # name -> fixed value | list (categorical) | Range
     trials: int = 10
     timeout_minutes: float | None = None
+    budget_seconds: float | None = None  # [study] budget: `sweep run --budget`'s default
     pruner: Pruner = field(default_factory=Pruner)
     sampler: Sampler = field(default_factory=Sampler)
     sampler_seed: int = 0
@@ -214,6 +215,20 @@ def _parse_sampler(path: Path, value: Any, space: dict[str, Any]) -> Sampler:
     return sampler
 
 
+def _parse_budget(path: Path, value: Any) -> float | None:
+    """study.budget: a duration ("150m", "4h", "1h30m") or a number of minutes."""
+    if value is None:
+        return None
+    from sweep.budget import parse_duration
+
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _fail(path, 'study.budget must be a duration, e.g. "150m" or "4h"')
+    try:
+        return parse_duration(str(value))
+    except UserError as e:
+        raise _fail(path, f"study.{e}") from None
+
+
 def _parse_promotion(path: Path, table: Any) -> Promotion:
     if not isinstance(table, dict):
         raise _fail(path, "[promote] must be a table")
@@ -276,6 +291,7 @@ def parse_experiment(text: str, path: Path, data_override: str | None = None,
     experiment = Experiment(path=path, text=text, data_options=data, space=space,
                             trials=study.get("trials", 10),
                             timeout_minutes=study.get("timeout_minutes"),
+                            budget_seconds=_parse_budget(path, study.get("budget")),
                             pruner=_parse_pruner(path, study.get("pruner", "hyperband")),
                             sampler=_parse_sampler(path, study.get("sampler", "tpe"), space),
                             sampler_seed=study.get("sampler_seed", 0),

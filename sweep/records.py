@@ -18,7 +18,8 @@ RUN_ID_ATTR = "mlflow_run_id"  # its MLflow run
 ERROR_ATTR = "error"  # why it failed (a claim's too)
 TEST_ACCURACY_ATTR = "test_accuracy"  # (a claim's too)
 MODEL_URI_ATTR = "model_uri"  # its logged model (a claim's too)
-SUMMARY_ATTRS = (TEST_ACCURACY_ATTR, "test_loss", "best_epoch", MODEL_URI_ATTR)  # of its outcome
+SUMMARY_ATTRS = (TEST_ACCURACY_ATTR, "test_loss", "best_epoch", MODEL_URI_ATTR,
+                 "train_seconds")  # of its outcome (train_seconds: the budget's overhead)
 SPLIT_SEED_ATTR = "split_seed"  # the seed of its train/validation split
 FIXED_PREFIX = "fixed."  # + a parameter name: a value the experiment fixes, not searched
 DEFAULTS_ATTR = "sweep.defaults"  # True on the trial that tries the tool's defaults

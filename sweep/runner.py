@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import optuna
@@ -66,22 +67,36 @@ def requeue_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorag
 
 
 class Budget:
-    """Exactly `trials` trials, handed out to worker threads one at a time, none started
-    after the deadline or once `stop` is set."""
+    """At most `trials` trials (None: no count), handed out to worker threads one at a time,
+    none started once `stop` is set or when it would end after the deadline: a trial is
+    taken to last `trial_seconds` (0: any time before the deadline will do), and with an
+    estimate, as long as the longest trial of this run once one has finished."""
 
-    def __init__(self, trials: int, timeout_seconds: float | None):
+    def __init__(self, trials: int | None, timeout_seconds: float | None,
+                 trial_seconds: float = 0.0):
         self.left = trials
         self.deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+        self.trial_seconds = trial_seconds
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        self._longest = 0.0
 
     def take(self) -> bool:
         with self._lock:
-            if self.left < 1 or self.stop.is_set() or (
-                    self.deadline is not None and time.monotonic() >= self.deadline):
+            if (self.left is not None and self.left < 1) or self.stop.is_set() or (
+                    self.deadline is not None
+                    and time.monotonic() + self.trial_seconds >= self.deadline):
                 return False
-            self.left -= 1
+            if self.left is not None:
+                self.left -= 1
             return True
+
+    def observe(self, seconds: float) -> None:
+        """A trial of this run took `seconds`."""
+        with self._lock:
+            self._longest = max(self._longest, seconds)
+            if self.trial_seconds:
+                self.trial_seconds = self._longest
 
 
 class Sweep:
@@ -107,6 +122,7 @@ class Sweep:
         self.processes: WarmProcesses | None = None
         self.heartbeat: Heartbeat | None = None
         self.budget = Budget(0, None)
+        self.progress_note: Callable[[], str] | None = None  # appended to each trial's line
 
     def fail_dead_trials(self) -> None:
         requeue_dead_trials(self.study, self.storage, self.grace_seconds)
@@ -178,6 +194,7 @@ class Sweep:
         """A progress line per finished trial, the best so far on the parent run, and the
         models outside the best `keep_models` dropped."""
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        self.budget.observe(seconds)
         line = f"trial {trial.number} {trial.state.name} in {seconds:.1f}s"
         if trial.state == TrialState.COMPLETE:
             line += (f": val_accuracy={trial.value:.4f} "
@@ -192,6 +209,8 @@ class Sweep:
             line += f" | best: trial {best.number} val_accuracy={best.value:.4f}"
         except ValueError:
             pass
+        if self.progress_note:
+            line += f" {self.progress_note()}"
         print(line, flush=True)
         self.tracker.log_best(step=trial.number)
         if self.experiment.keep_models:
@@ -227,18 +246,21 @@ class Sweep:
                 print(f"sweep: after trial {trial.number}: "
                       f"{mask(f'{type(e).__name__}: {e}')}", file=sys.stderr, flush=True)
 
-    def run(self, trials: int, timeout_seconds: float | None = None,
-            slots: list[dict[str, str]] | None = None) -> None:
-        """Run exactly `trials` more trials (fewer if the time budget runs out), one at a
-        time per worker slot (each slot's trial processes get its environment, e.g. its
-        GPU). Ctrl-C (KeyboardInterrupt) ends every running trial as failed, then raises."""
+    def run(self, trials: int | None, timeout_seconds: float | None = None,
+            slots: list[dict[str, str]] | None = None, trial_seconds: float = 0.0) -> None:
+        """Run exactly `trials` more trials (fewer if the time runs out; None: as many as
+        the time allows), one at a time per worker slot (each slot's trial processes get its
+        environment, e.g. its GPU); with `trial_seconds`, none is started that would end
+        after the timeout (Budget). Ctrl-C (KeyboardInterrupt) ends every running trial as
+        failed, then raises."""
         started = time.perf_counter()
         slots = slots or [{}]
-        self.budget = Budget(trials, timeout_seconds)
+        self.budget = Budget(trials, timeout_seconds, trial_seconds)
         self._decided: set[int] = set()  # trials whose model was dropped, or must stay
         self.heartbeat = Heartbeat(lambda: open_storage(self.storage_url),
                                    self.heartbeat_seconds)
-        self.processes = WarmProcesses(trials, PRELOAD, slots)
+        self.processes = WarmProcesses(sys.maxsize if trials is None else trials, PRELOAD,
+                                       slots)
 
         def interrupt() -> None:
             self.budget.stop.set()
@@ -249,5 +271,6 @@ class Sweep:
         finally:
             self.processes.close()
             self.heartbeat.close()
-        print(f"sweep: {trials} trial(s) requested, done in "
+        print(f"sweep: {'as many trials as fit' if trials is None else trials} "
+              f"{'' if trials is None else 'trial(s) '}requested, done in "
               f"{time.perf_counter() - started:.0f}s", flush=True)
