@@ -188,6 +188,9 @@ def report(args: argparse.Namespace, folder: Path, scratch: Path, load: float) -
     for name, extra in (("single", []), ("ensemble", ["--ensemble"])):
         sweep(folder, "best", *stores, "--export", str(scratch / f"export-{name}"), "--force",
               *extra)
+    from bertclf.quiet import load_tensorflow
+
+    load_tensorflow()  # without TensorFlow's start-up lines
     test, class_names, winner = test_split(args, folder)
     results = {name: measure(scratch / f"export-{name}", test, class_names, args.repeats)
                for name in ("single", "ensemble")}
