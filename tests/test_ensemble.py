@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from sweep_helpers import (
     STUDY,
-    client_for,
     error_lines,
     explain,
     load_study,
@@ -230,9 +230,10 @@ def test_register_serves_the_ensemble(promoted):
     assert result.returncode == 0, explain(result)
     assert "registered the ensemble of seeds [42, 43] of trial" in result.stdout
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    version = client_for(folder).get_model_version_by_alias("ens", "champion")
+    client = MlflowClient(uri, registry_uri=uri)  # whatever registry this process has set
+    version = client.get_model_version_by_alias("ens", "champion")
     assert version.tags["ensemble_seeds"] == "[42, 43]"
-    run = client_for(folder).get_run(version.run_id)
+    run = client.get_run(version.run_id)
     assert run.info.run_name.startswith("ensemble-trial-") and run.info.status == "FINISHED"
     assert json.loads(run.data.tags["sweep.ensemble_of"]) == [
         r.info.run_id for r in winner_runs(folder)]
