@@ -273,16 +273,18 @@ def _best(args: argparse.Namespace) -> int:
     from sweep.tracking import study_ui_link
 
     study = _load(args)
+    if args.ensemble and args.export is None and not args.register:
+        raise UserError("--ensemble goes with --export or --register")
     _print_best(study, study_ui_link(args.tracking_uri, study.study_name))
     if args.export is not None:
         from sweep.export import export_chosen
 
         out = Path(args.export or Path("exported") / check_study_name(study.study_name))
-        export_chosen(study, out, args.force, args.tracking_uri)
+        export_chosen(study, out, args.force, args.tracking_uri, args.ensemble)
     if args.register:
         from sweep.export import register_chosen
 
-        register_chosen(study, args.register, args.alias, args.tracking_uri)
+        register_chosen(study, args.register, args.alias, args.tracking_uri, args.ensemble)
     return 0
 
 
@@ -426,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--export", nargs="?", const="", metavar="DIR",
                       help="write its SavedModel to DIR (default exported/<study>/)")
     best.add_argument("--force", action="store_true", help="replace a non-empty DIR")
+    best.add_argument("--ensemble", action="store_true",
+                      help="export (or register) one model that averages the logits of the "
+                           "promoted winner's seed models (N seeds: N times the compute)")
     best.add_argument("--register", metavar="NAME",
                       help="register it in the MLflow Model Registry under NAME")
     best.add_argument("--alias", default="champion",

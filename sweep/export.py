@@ -17,11 +17,15 @@ import optuna
 from bertclf.config import field_types
 from bertclf.errors import UserError
 from bertclf.masking import mask
-from bertclf.outdir import card_path
+from bertclf.outdir import card_path, is_saved_model
 from sweep.records import (
     DEFAULTS_ATTR,
+    ENSEMBLE_RUNS_TAG,
+    ENSEMBLE_STAGE,
     MODEL_URI_ATTR,
+    PARENT_RUN_TAG,
     RUN_ID_ATTR,
+    STAGE,
     TEST_ACCURACY_ATTR,
     WINNER_ATTR,
     fixed_params,
@@ -107,49 +111,76 @@ def _typed(key: str, text: str):
     return None if text == "None" else kind(text)
 
 
-def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str) -> Path:
-    """Write the chosen model's SavedModel to `out` with model_card.json beside it. The new
-    folder is built and checked beside `out` and swapped in whole: whatever fails, `out`
-    keeps its old export and no temporary folder is left."""
+def ensemble_members(study: optuna.Study, chosen: ChosenModel) -> dict:
+    """The model card's `ensemble` object of the promoted winner's seed models: members,
+    seeds, run_ids, model_uris, per-seed and mean accuracies. Raises UserError unless a
+    promotion trained the winner with two seeds or more."""
+    promotion = chosen.promotion or {}
+    seeds = promotion.get("seeds", [])
+    if len(seeds) < 2:
+        raise UserError(f"--ensemble needs the promoted winner's seed models, two or more "
+                        f"(study {study.study_name!r} has {len(seeds) or 'no promotion'}"
+                        f"{' seed' if len(seeds) == 1 else ''}): run `sweep promote --study "
+                        f"{study.study_name} --seeds N` with N >= 2 first")
+    if "model_uris" not in promotion:
+        raise UserError("the promotion was recorded without its seeds' models: run `sweep "
+                        f"promote --study {study.study_name}` again with its --top and --seeds "
+                        "(it trains nothing) to record them")
+    return {"members": len(seeds), "seeds": seeds, "run_ids": promotion["run_ids"],
+            "model_uris": promotion["model_uris"], "logits": "mean of the members' logits",
+            **{key: promotion[key] for key in ("val_accuracy", "test_accuracy",
+                                               "val_accuracy_mean", "test_accuracy_mean")}}
+
+
+def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str,
+                  ensemble: bool = False) -> Path:
+    """Write the chosen model's SavedModel (with `ensemble`, one averaging the logits of the
+    promoted winner's seed models) to `out` with model_card.json beside it. The new folder
+    is built and checked beside `out` and swapped in whole: whatever fails, `out` keeps its
+    old export and no temporary folder is left."""
     from bertclf.outdir import check_out_dir
 
     chosen = chosen_model(study)
+    members = ensemble_members(study, chosen) if ensemble else None
     check_out_dir(out, force)
     if Path.cwd().resolve().is_relative_to(out.resolve()):
         raise UserError(f"output folder {out}: holds the current folder, choose another")
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.export-",
                                      dir=out.absolute().parent) as work:
-        new = _build_export(study, chosen, Path(work), tracking_uri)
+        new = _build_export(study, chosen, Path(work), tracking_uri, members)
         _swap_in(new, out, Path(work) / "old")
     what = "the promoted winner, trial" if chosen.promotion else "trial"
+    if members:
+        what = f"the ensemble of seeds {members['seeds']} of {what}"
     print(f"exported {what} {chosen.trial.number} to {out} (reload checked), "
           f"model card {out / 'model_card.json'}")
     return out
 
 
-def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path,
-                  tracking_uri: str) -> Path:
-    """The chosen model's SavedModel and model card in `work`/new, its reload checked."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with mlflow_stores(tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.model_uri,
-                                                             dst_path=str(work / "download")))
-    except (MlflowException, OSError) as e:
-        raise UserError(f"cannot download the model of trial {chosen.trial.number} "
-                        f"({chosen.model_uri}): {str(e).strip().splitlines()[0][:300]}") from None
+def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path, tracking_uri: str,
+                  members: dict | None = None) -> Path:
+    """The chosen model's SavedModel and model card in `work`/new, its reload checked; with
+    `members` (`ensemble_members`), the ensemble of those seed models."""
     new = work / "new"
-    (local / "artifacts" / "saved_model").rename(new)
-    check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(new)],
-                           capture_output=True, text=True)
-    if check.returncode != 0:
-        last = (check.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise UserError(f"the model of trial {chosen.trial.number} ({chosen.model_uri}) does "
-                        f"not reload, nothing was exported: {last}")
+    if members:
+        from bertclf.export import export_ensemble
+
+        what = f"the ensemble of trial {chosen.trial.number}'s seed models"
+        paths = [_download(uri, work / f"member-{i}", tracking_uri, chosen.trial.number)
+                 for i, uri in enumerate(members["model_uris"])]
+        export_ensemble(paths, new, {"ensemble": members})
+    else:
+        what = f"trial {chosen.trial.number} ({chosen.model_uri})"
+        _download(chosen.model_uri, work / "download", tracking_uri,
+                  chosen.trial.number).rename(new)
+    _check_reload(new, what)
     card = model_card(study, chosen, tracking_uri)
+    if members:  # the members' own runs, models and metrics are in `ensemble`
+        for key in ("mlflow_run_id", "model_uri", "metrics"):
+            card.pop(key)
+        card["params"].pop("seed")
+        card["ensemble"] = members
     bundled = card_path(new)
     if bundled.is_file():
         extra = json.loads(bundled.read_text())
@@ -157,6 +188,35 @@ def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path,
                     class_names=extra.get("class_names"))
     (new / "model_card.json").write_text(mask(json.dumps(card, indent=2)) + "\n")
     return new
+
+
+def _check_reload(saved_model: Path, what: str) -> None:
+    """Raise UserError unless `saved_model` reloads and scores in a fresh TensorFlow-only
+    process."""
+    check = subprocess.run([sys.executable, "-c", RELOAD_CHECK, str(saved_model)],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise UserError(f"the model of {what} does not reload, nothing was exported: {last}")
+
+
+def _download(model_uri: str, dst: Path, tracking_uri: str, trial: int) -> Path:
+    """The SavedModel folder of logged model `model_uri`, downloaded into `dst`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow_stores(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                             dst_path=str(dst)))
+    except (MlflowException, OSError) as e:
+        raise UserError(f"cannot download the model of trial {trial} "
+                        f"({model_uri}): {str(e).strip().splitlines()[0][:300]}") from None
+    saved_model = local / "artifacts" / "saved_model"
+    if not is_saved_model(saved_model):
+        raise UserError(f"the model of trial {trial} ({model_uri}) has no SavedModel in the "
+                        "artifact store (were its files deleted?)")
+    return saved_model
 
 
 def _swap_in(new: Path, out: Path, old: Path) -> None:
@@ -173,9 +233,12 @@ def _swap_in(new: Path, out: Path, old: Path) -> None:
                         f"({e.strerror}); the old one is kept") from None
 
 
-def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: str) -> str:
-    """Register the chosen model under `name` in the Model Registry and point `alias` at
-    the new version; returns the `models:/NAME@ALIAS` URI."""
+def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: str,
+                    ensemble: bool = False) -> str:
+    """Register the chosen model (with `ensemble`, the ensemble of the promoted winner's
+    seed models, logged first as the model of a run `ensemble-trial-N`) under `name` in the
+    Model Registry and point `alias` at the new version; returns the `models:/NAME@ALIAS`
+    URI."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -184,16 +247,42 @@ def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: st
         raise UserError(f"alias {alias!r} is reserved by MLflow (latest, v1, v2, ...): "
                         "choose another --alias")
     chosen = chosen_model(study)
+    members = ensemble_members(study, chosen) if ensemble else None
+    model_uri = _log_ensemble(study, chosen, members, tracking_uri) if members \
+        else chosen.model_uri
     try:
         with mlflow_stores(tracking_uri):
-            version = mlflow.register_model(chosen.model_uri, name)
+            version = mlflow.register_model(model_uri, name)
     except MlflowException as e:
         raise UserError(f"cannot register {name!r}: {e.message.splitlines()[0]}") from None
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     client.set_registered_model_alias(name, alias, version.version)
-    client.set_model_version_tag(name, version.version, "study", study.study_name)
-    client.set_model_version_tag(name, version.version, "trial", str(chosen.trial.number))
+    tags = {"study": study.study_name, "trial": str(chosen.trial.number),
+            **({"ensemble_seeds": json.dumps(members["seeds"])} if members else {})}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
     uri = f"models:/{name}@{alias}"
-    print(f"registered trial {chosen.trial.number} as {name} version {version.version}, "
+    what = f"the ensemble of seeds {members['seeds']} of trial" if members else "trial"
+    print(f"registered {what} {chosen.trial.number} as {name} version {version.version}, "
           f"alias {alias}: {uri}")
     return uri
+
+
+def _log_ensemble(study: optuna.Study, chosen: ChosenModel, members: dict,
+                  tracking_uri: str) -> str:
+    """Build the ensemble as `best --export --ensemble` does and log it as the model of a
+    new run `ensemble-trial-N` under the study's parent run; returns its models:/ URI."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.trial import log_saved_model
+
+    client = MlflowClient(tracking_uri)
+    source = client.get_run(chosen.run_id)
+    run = client.create_run(source.info.experiment_id,
+                            run_name=f"ensemble-trial-{chosen.trial.number}",
+                            tags={PARENT_RUN_TAG: source.data.tags[PARENT_RUN_TAG],
+                                  STAGE: ENSEMBLE_STAGE, ENSEMBLE_RUNS_TAG:
+                                  json.dumps(members["run_ids"])})
+    with tempfile.TemporaryDirectory(prefix="sweep-ensemble-") as work:
+        saved_model = _build_export(study, chosen, Path(work), tracking_uri, members)
+        return log_saved_model(tracking_uri, run.info.run_id, saved_model)

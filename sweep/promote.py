@@ -86,7 +86,9 @@ class Candidate:
                 "test_accuracy_mean": statistics.fmean(test),
                 "test_accuracy_std": statistics.stdev(test) if len(test) > 1 else 0.0,
                 "best_seed": best, "run_id": self.runs[best]["run_id"],
-                "model_uri": self.runs[best]["model_uri"]}
+                "model_uri": self.runs[best]["model_uri"],
+                "run_ids": [self.runs[s]["run_id"] for s in seeds],
+                "model_uris": [self.runs[s]["model_uri"] for s in seeds]}
 
 
 def margin(winner: dict, control: dict) -> dict:

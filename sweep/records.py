@@ -9,7 +9,8 @@ import optuna
 EXPERIMENT_ATTR = "experiment"  # {"path", "text"}: the experiment file it was run with
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # its MLflow parent run
 # The promoted winner, as `best` shows it: the winner's summary (trial, seeds, per-seed and
-# mean/std accuracies, best_seed, run_id, model_uri), its fidelity, the ranked candidates,
+# mean/std accuracies, best_seed, run_id, model_uri, and each seed's run_ids and
+# model_uris), its fidelity, the ranked candidates,
 # and with a control arm the control's summary and the winner's margin over it.
 WINNER_ATTR = "promotion"
 
@@ -49,6 +50,10 @@ FIDELITY = "sweep.fidelity"
 CLAIM = "sweep.claim"  # the number of its claim in the claims study
 CONTROL_TAG = "sweep.control"  # "true" on the control arm's runs: the tool's defaults
 MODEL_URI_TAG = "model_uri"  # its logged model
+
+# MLflow run tags of an ensemble's run (`best --register NAME --ensemble`)
+ENSEMBLE_STAGE = "ensemble"  # its STAGE
+ENSEMBLE_RUNS_TAG = "sweep.ensemble_of"  # the members' run ids, a JSON list
 
 # MLflow run tags of the parent run
 EXPERIMENT_FILE_TAG = "experiment_file"

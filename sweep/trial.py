@@ -126,12 +126,14 @@ class ReportAndPrune:
             raise self.lost()
 
 
-def _log_model(job: TrialJob, saved_model: Path) -> str:
+def log_saved_model(tracking_uri: str, run_id: str, saved_model: Path) -> str:
+    """Log the exported model at `saved_model` to run `run_id` as the pyfunc model of
+    `mlflow_model.py`; returns its models:/ URI."""
     import mlflow
 
     from sweep.tracking import mlflow_stores
 
-    with mlflow_stores(job.tracking_uri), mlflow.start_run(run_id=job.run_id):
+    with mlflow_stores(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
                                        artifacts={"saved_model": str(saved_model)},
                                        pip_requirements=PIP_REQUIREMENTS)
@@ -179,5 +181,6 @@ def run_job(job: TrialJob) -> dict:
             client.log_artifact(job.run_id, str(paths[name]))
         if report:
             report.check_running()
-        outcome["model_uri"] = _log_model(job, paths["saved_model"])
+        outcome["model_uri"] = log_saved_model(job.tracking_uri, job.run_id,
+                                                paths["saved_model"])
     return outcome
