@@ -138,7 +138,8 @@ def test_workers_on_hosts_that_share_no_disk(tmp_path):
         runs = client.search_runs([experiment.experiment_id], max_results=100)
         assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
         dropped = [r for r in runs if r.data.tags.get("model_dropped") == "true"]
-        assert dropped, "keep_models = 1 dropped models through the server"
+        assert dropped, ("keep_models = 1 dropped models through the server:\n"
+                         + explain(b_result) + explain(more))
 
     trials = optuna.load_study(study_name=study, storage=POSTGRES_URL).trials
     dead = trials[0]

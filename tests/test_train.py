@@ -142,7 +142,7 @@ def test_auto_precision_is_recorded_as_what_ran(learned):
     a CPU with native bfloat16 its first epoch's loss differs from the float32 run's by
     bfloat16 rounding (the rewrite ran: the layers' dtypes stay float32 under it), elsewhere
     it is the float32 run."""
-    result = train(replace(learned.config, precision="auto", epochs=1), verbose=0)
+    result = train(replace(learned.config, precision="auto"), verbose=0)
     assert result.config.precision == "auto"
     offered = ("mixed_float16" if accel.has_gpu() else
                "mixed_bfloat16" if accel.cpu_has_bf16() else "float32")
