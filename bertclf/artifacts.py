@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertclf.export import export_model
-from bertclf.outdir import make_out_dir
 from bertclf.report import plot_curves, write_metrics
-from bertclf.train import TrainResult
+from bertclf.run.export import export_model
+from bertclf.run.outputs import make_out_dir
+from bertclf.run.train import TrainResult
 
 
 def save_run(result: TrainResult, out_dir: str | Path, force: bool = False) -> dict[str, Path]:

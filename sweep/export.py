@@ -14,10 +14,10 @@ from pathlib import Path
 
 import optuna
 
-from bertclf.config import field_types
 from bertclf.errors import UserError
 from bertclf.masking import mask
-from bertclf.outdir import card_path
+from bertclf.run.config import field_types
+from bertclf.run.outputs import card_path
 from sweep.records import (
     DEFAULTS_ATTR,
     MODEL_URI_ATTR,
@@ -111,7 +111,7 @@ def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str
     """Write the chosen model's SavedModel to `out` with model_card.json beside it. The new
     folder is built and checked beside `out` and swapped in whole: whatever fails, `out`
     keeps its old export and no temporary folder is left."""
-    from bertclf.outdir import check_out_dir
+    from bertclf.run.outputs import check_out_dir
 
     chosen = chosen_model(study)
     check_out_dir(out, force)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from bertclf.datasets import Dataset
+from bertclf.data.datasets import Dataset
 from sweep.records import ERROR_ATTR
 
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
@@ -21,7 +21,7 @@ MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("tensorflow", "tensorflow-text")] + [
     "pandas", "numpy"]
 # What a trial process imports before its job arrives (TensorFlow above all).
-PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.artifacts", "bertclf.train")
+PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.artifacts", "bertclf.run.train")
 
 
 class PrunedAt(optuna.TrialPruned):
@@ -146,8 +146,8 @@ def run_job(job: TrialJob) -> dict:
     import tensorflow as tf
 
     from bertclf.artifacts import save_run
-    from bertclf.config import TrainConfig
-    from bertclf.train import train
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.train import train
     from sweep.tracking import log_metrics
 
     curves = LogCurves(job.tracking_uri, job.run_id)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf.encoder_map import EncoderSpec, load_preprocessor
-from bertclf.model import INPUT_NAMES
-from bertclf.outdir import card_path, check_exported
-from bertclf.packing import pack_inputs
+from bertclf.data.packing import pack_inputs
+from bertclf.encoders.map import EncoderSpec, load_preprocessor
+from bertclf.run.model import INPUT_NAMES
+from bertclf.run.outputs import card_path, check_exported
 
 
 class TextClassifier(tf.Module):
