@@ -49,7 +49,7 @@ def _train(args: argparse.Namespace) -> None:
         print(f"data: {note}")
 
     load_tensorflow()
-    from bertclf.artifacts import save_run
+    from bertclf.run.outputs import save_run
     from bertclf.run.train import train
 
     result = train(config, dataset=dataset)

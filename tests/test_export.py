@@ -11,14 +11,13 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from bertclf.artifacts import save_run
 from bertclf.data.datasets import Dataset, Split
 from bertclf.data.tokens import tokenize
 from bertclf.errors import UserError
 from bertclf.run.config import TrainConfig
 from bertclf.run.export import predict, probabilities
 from bertclf.run.model import text_classifier
-from bertclf.run.outputs import card_path
+from bertclf.run.outputs import card_path, save_run
 from bertclf.run.train import train
 
 # isort: split

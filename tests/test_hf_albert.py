@@ -69,9 +69,9 @@ def test_sentencepiece_token_ids_match_sentencepiece(imported):
 def test_sentencepiece_albert_trains_and_exports(imported, tmp_path):
     """What `python -m bertclf train --encoder <import>` does: one epoch, then the exported
     SavedModel reloads and gives the trained model's logits for raw strings."""
-    from bertclf.artifacts import save_run
     from bertclf.run.config import TrainConfig
     from bertclf.run.export import predict
+    from bertclf.run.outputs import save_run
     from bertclf.run.train import train
 
     _, dest = imported("albert-spiece")

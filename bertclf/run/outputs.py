@@ -1,14 +1,22 @@
-"""Output folders: checked before long work starts, created only when there is something to
-write; and what a SavedModel folder and an exported model hold (no TensorFlow import, so bad
-input fails fast)."""
+"""Write one run to disk: its output folder (checked before long work starts, created only
+when there is something to write), metrics.json, curves.png and saved_model/ (`save_run`);
+and what a SavedModel folder and an exported model hold.
+
+Importing it imports neither TensorFlow nor matplotlib (each is imported where it is used),
+so the checks run, and bad input fails, before either loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bertclf.errors import UserError
+
+if TYPE_CHECKING:
+    from bertclf.run.train import TrainResult
 
 CARD_NAME = "bertclf.json"  # an export's class names and provenance, in its assets.extra/
 
@@ -56,3 +64,57 @@ def make_out_dir(path: str | Path, force: bool = False) -> Path:
     except OSError as e:
         raise UserError(f"output folder {path}: cannot create it ({e.strerror})") from None
     return path
+
+
+def save_run(result: TrainResult, out_dir: str | Path, force: bool = False) -> dict[str, Path]:
+    """Write the run's metrics, curves and exported model into `out_dir` (new or empty,
+    or replaced with `force`)."""
+    from bertclf.run.export import export_model  # TensorFlow (and it imports this module)
+
+    out_dir = make_out_dir(out_dir, force)
+    paths = {"metrics": out_dir / "metrics.json", "curves": out_dir / "curves.png",
+             "saved_model": out_dir / "saved_model"}
+    metrics = result.metrics()
+    write_metrics(metrics, paths["metrics"])
+    plot_curves(result.history, result.best_epoch, paths["curves"], result.evaluations)
+    card = {key: metrics[key] for key in ("params", "encoder", "data", "best_epoch",
+                                          "val_accuracy", "test_accuracy")}
+    config = result.config
+    export_model(result.model, result.encoder, result.class_names, config.seq_len,
+                 paths["saved_model"], card=card, truncation=config.truncation,
+                 head_tokens=config.head_tokens)
+    return paths
+
+
+def write_metrics(metrics: dict, path: str | Path) -> None:
+    """Write `metrics` as indented JSON."""
+    Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+def plot_curves(history: dict[str, list[float]], best_epoch: int, path: str | Path,
+                evaluations: list[dict] = ()) -> None:
+    """Loss and accuracy per epoch, training vs validation, the kept epoch marked; with
+    evaluations inside the epochs, every evaluation too, at its fraction of epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot draws anything
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    in_epoch = [e for e in evaluations if not float(e["epoch"]).is_integer()]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[key], "r", label=f"Training {key}")
+        ax.plot(epochs, history[f"val_{key}"], "b", label=f"Validation {key}")
+        if in_epoch:
+            ax.plot([e["epoch"] for e in evaluations], [e[f"val_{key}"] for e in evaluations],
+                    "b.:", label=f"Validation {key}, every evaluation")
+        ax.axvline(best_epoch, color="gray", linestyle="--", label=f"Best epoch ({best_epoch})")
+        ax.set_title(f"Training and validation {key}")
+        ax.set_ylabel(key.capitalize())
+        ax.legend()
+    axes[-1].set_xlabel("Epoch")
+    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
