@@ -47,15 +47,15 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
     stamps = {"spawned": spawned_at, "entered": time.time()}
     import tensorflow as tf  # tf-keras: the bench package has imported bertclf first
 
-    from bertclf import accel
-    from bertclf.config import TrainConfig
-    from bertclf.encoder_map import get_encoder, install_builtins
-    from bertclf.tokens import make_dataset, steps_per_epoch
-    from bertclf.train import compile_classifier, split_token_ids
+    from bertclf.data.tokens import make_dataset, steps_per_epoch
+    from bertclf.encoders.map import get_encoder, install_builtins
+    from bertclf.run import accel
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.train import compile_classifier, split_token_ids
 
     cfg = TrainConfig(**config)
     spec = get_encoder(cfg.encoder, cfg.encoder_map)
-    install_builtins(spec)  # before seeding, as bertclf.train does
+    install_builtins(spec)  # before seeding, as bertclf.run.train does
     tf.keras.utils.set_random_seed(cfg.seed)
     ids = split_token_ids(cfg, spec, dataset)
     train_ds = make_dataset(ids["train"], cfg.batch_size, cfg.seq_len, bucket=cfg.bucket,
@@ -65,7 +65,7 @@ def bare_fit(config: dict, dataset, spawned_at: float) -> dict:
     steps = steps_per_epoch(ids["train"], cfg.batch_size, cfg.seq_len, cfg.bucket)
     model = compile_classifier(cfg, spec, len(dataset.class_names), steps * cfg.epochs)
     stamps["fit_started"] = time.time()
-    verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.train does
+    verbose = 1 if sys.stdout.isatty() else 2  # as bertclf.run.train does
     first_step = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: stamps.setdefault("first_step", time.time()))
     with accel.precision_rewrites(cfg.hardware):
@@ -85,7 +85,7 @@ def timed_trial(job, spawned_at: float) -> dict:
     stamps = {"spawned": spawned_at, "entered": time.time()}
     import tensorflow as tf
 
-    import bertclf.train as training
+    import bertclf.run.train as training
     from sweep.trial import run_job
 
     class Stamps(tf.keras.callbacks.Callback):

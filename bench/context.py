@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf import accel
-from bertclf.bert_encoder import BertConfig, build_bert_encoder, save_encoder
-from bertclf.bert_preprocessor import save_preprocessor
-from bertclf.config import Hardware, TrainConfig
-from bertclf.datasets import Dataset, Split
-from bertclf.encoder_map import EncoderSpec
-from bertclf.model import build_classifier
-from bertclf.optim import make_optimizer
-from bertclf.outdir import is_saved_model
-from bertclf.tiny import TINY_VOCAB, tiny_config
-from bertclf.tokens import TokenIds
-from bertclf.train import compile_model
+from bertclf.data.datasets import Dataset, Split
+from bertclf.data.tokens import TokenIds
+from bertclf.encoders.bert_encoder import BertConfig, build_bert_encoder, save_encoder
+from bertclf.encoders.bert_preprocessor import save_preprocessor
+from bertclf.encoders.map import EncoderSpec
+from bertclf.encoders.tiny import TINY_VOCAB, tiny_config
+from bertclf.run import accel
+from bertclf.run.config import Hardware, TrainConfig
+from bertclf.run.model import build_classifier
+from bertclf.run.optim import make_optimizer
+from bertclf.run.outputs import is_saved_model
+from bertclf.run.train import compile_model
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def hardware(ctx: Context, precision: str = "float32") -> Hardware:
 
 
 def compiled(model: tf.keras.Model, hardware: Hardware) -> tf.keras.Model:
-    """`model` compiled as bertclf.train compiles it, with training's optimizer at a constant
+    """`model` compiled as bertclf.run.train compiles it, with training's optimizer at a constant
     learning rate (fit it inside `accel.precision_rewrites(hardware)`)."""
     return compile_model(model, make_optimizer(**ROW_OPTIMIZER, total_steps=1), hardware,
                          num_classes=2)

@@ -123,8 +123,8 @@ def measure(path: Path, test, class_names: list[str], repeats: int) -> dict:
     """Test accuracy of the export at `path` and its warm latency through serving_default."""
     import tensorflow as tf
 
-    from bertclf.evaluate import evaluate_export
-    from bertclf.export import load_model
+    from bertclf.run.evaluate import evaluate_export
+    from bertclf.run.export import load_model
 
     accuracy = evaluate_export(path, test, class_names)["accuracy"]
     serve = load_model(path).signatures["serving_default"]

@@ -24,10 +24,10 @@ from bench.context import (
 )
 from bench.table import Row
 from bench.trials import Stores, phases, timed_run_in_child, trial_config, warm_token_cache
-from bertclf import accel
-from bertclf.bert_encoder import BertConfig
-from bertclf.model import build_classifier, text_classifier
-from bertclf.tokens import make_dataset, token_ids
+from bertclf.data.tokens import make_dataset, token_ids
+from bertclf.encoders.bert_encoder import BertConfig
+from bertclf.run import accel
+from bertclf.run.model import build_classifier, text_classifier
 from sweep.processes import ChildProcess
 from sweep.trial import PRELOAD, run_job
 

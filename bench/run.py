@@ -53,12 +53,12 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, scratch: Path, started: float) -> int:
     from bench.context import FULL, QUICK, Context, bench_vocab, make_preprocessor
     from bench.rows import ROWS
-    from bertclf.accel import xla_enabled
     from bertclf.cache import cache_dir
-    from bertclf.config import Hardware
-    from bertclf.datasets import load_dataset
-    from bertclf.encoder_map import get_encoder, install_builtins
+    from bertclf.data.datasets import load_dataset
+    from bertclf.encoders.map import get_encoder, install_builtins
     from bertclf.errors import UserError
+    from bertclf.run.accel import xla_enabled
+    from bertclf.run.config import Hardware
 
     wanted = args.rows.split(",") if args.rows else list(ROWS)
     unknown = sorted(set(wanted) - set(ROWS))

@@ -12,10 +12,10 @@ import optuna
 
 from bench import children
 from bench.context import Context
-from bertclf.config import TrainConfig
-from bertclf.datasets import Dataset
-from bertclf.encoder_map import EncoderSpec
-from bertclf.tokens import token_ids
+from bertclf.data.datasets import Dataset
+from bertclf.data.tokens import token_ids
+from bertclf.encoders.map import EncoderSpec
+from bertclf.run.config import TrainConfig
 from sweep.trial import TrialAddress, TrialJob
 
 

@@ -14,7 +14,7 @@ from bertclf.quiet import load_tensorflow
 def add_config_flag(parser: argparse.ArgumentParser, name: str, **settings) -> None:
     """TrainConfig's field `name` as a --flag: its type, and its help from the field's
     metadata with the default appended, unless `settings` (argparse's) say otherwise."""
-    from bertclf.config import TrainConfig, field_types, help_text
+    from bertclf.run.config import TrainConfig, field_types, help_text
 
     value_type = field_types()[name]
     default = next(f.default for f in fields(TrainConfig) if f.name == name)
@@ -26,16 +26,16 @@ def add_config_flag(parser: argparse.ArgumentParser, name: str, **settings) -> N
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The TrainConfig fields as --flags (defaults come from TrainConfig)."""
-    from bertclf.config import TrainConfig
+    from bertclf.run.config import TrainConfig
 
     for f in fields(TrainConfig):
         add_config_flag(parser, f.name, required=f.name == "data", default=argparse.SUPPRESS)
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bertclf.config import TrainConfig
-    from bertclf.encoder_map import get_encoder
-    from bertclf.outdir import check_out_dir
+    from bertclf.encoders.map import get_encoder
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.outputs import check_out_dir
 
     options = {k: v for k, v in vars(args).items()
                if k not in ("command", "run", "out", "force", "verbose")}
@@ -49,8 +49,8 @@ def _train(args: argparse.Namespace) -> None:
         print(f"data: {note}")
 
     load_tensorflow()
-    from bertclf.artifacts import save_run
-    from bertclf.train import train
+    from bertclf.run.outputs import save_run
+    from bertclf.run.train import train
 
     result = train(config, dataset=dataset)
     paths = save_run(result, args.out, force=args.force)
@@ -61,11 +61,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from bertclf.outdir import check_exported
+    from bertclf.run.outputs import check_exported
 
     check_exported(args.model_dir)
     load_tensorflow()
-    from bertclf.export import predict
+    from bertclf.run.export import predict
 
     for name, probability in predict(args.model_dir, args.texts):
         print(f"{name}\t{probability:.4f}")
@@ -74,10 +74,10 @@ def _predict(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from bertclf.config import Hardware
-    from bertclf.datasets import load_dataset
-    from bertclf.outdir import check_exported
-    from bertclf.splits import SPLIT_NAMES
+    from bertclf.data.datasets import load_dataset
+    from bertclf.data.splits import SPLIT_NAMES
+    from bertclf.run.config import Hardware
+    from bertclf.run.outputs import check_exported
 
     check_exported(args.model_dir)
     hardware = Hardware(precision=args.precision)
@@ -87,7 +87,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                            label_column=args.label_column, val_fraction=args.val_fraction,
                            max_examples=caps, seed=args.split_seed)
     load_tensorflow()
-    from bertclf.evaluate import evaluate_export
+    from bertclf.run.evaluate import evaluate_export
 
     split = getattr(dataset, args.split)
     scores = evaluate_export(args.model_dir, split, dataset.class_names, hardware)
@@ -99,14 +99,19 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _encoders(args: argparse.Namespace) -> None:
-    from bertclf.encoder_map import load_map
+    from bertclf.encoders.map import load_map
 
     for spec in load_map(args.encoder_map).values():
         print(f"{spec.name}\t{spec.encoder}\t{spec.preprocess}")
 
 
 def _import_hf(args: argparse.Namespace) -> None:
-    from bertclf.hf.install import import_checkpoint, import_record, map_entry, resolve_source
+    from bertclf.encoders.hf.install import (
+        import_checkpoint,
+        import_record,
+        map_entry,
+        resolve_source,
+    )
 
     src = resolve_source(args.src)
     dest = Path(args.dest).expanduser()
@@ -149,7 +154,7 @@ def add_import_command(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bertclf.config import TrainConfig
+    from bertclf.run.config import TrainConfig
 
     parser, commands = command_parser("python -m bertclf", __doc__)
 

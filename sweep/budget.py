@@ -89,11 +89,11 @@ def _measure_one(job: dict, seconds: float) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from bertclf import accel
-    from bertclf.config import TrainConfig
-    from bertclf.encoder_map import get_encoder, install_builtins
-    from bertclf.tokens import TokenIds, make_dataset
-    from bertclf.train import compile_classifier
+    from bertclf.data.tokens import TokenIds, make_dataset
+    from bertclf.encoders.map import get_encoder, install_builtins
+    from bertclf.run import accel
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.train import compile_classifier
 
     config = TrainConfig(data="-", **job)
     spec = get_encoder(config.encoder, config.encoder_map)
@@ -139,7 +139,7 @@ def machine() -> str:
 
 def cache_key(job: dict) -> str:
     """The measurement's key: the machine, the versions and the job's settings."""
-    from bertclf.encoder_map import get_encoder
+    from bertclf.encoders.map import get_encoder
 
     spec = get_encoder(job["encoder"], job.get("encoder_map"))
     parts = {"machine": machine(), "tensorflow": version("tensorflow"),
@@ -441,7 +441,7 @@ def _candidates(value, default):
 
 def search_fidelity(experiment, dataset) -> Fidelity:
     """The most a search trial of `experiment` may run on `dataset` (its loaded split)."""
-    from bertclf.config import TrainConfig
+    from bertclf.run.config import TrainConfig
 
     train = len(dataset.train)
     return Fidelity(train, len(dataset.validation), len(dataset.test),
@@ -483,7 +483,7 @@ def _searched(experiment, name: str) -> bool:
 def measurement_jobs(experiment, lengths: list[int]) -> list[dict]:
     """One measurement per encoder of the space and length, at the space's smallest batch
     size, its precision and XLA setting."""
-    from bertclf.config import TrainConfig
+    from bertclf.run.config import TrainConfig
 
     space = experiment.space
     batch = int(min(_candidates(space.get("batch_size"), TrainConfig.batch_size)))

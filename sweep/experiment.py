@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bertclf.config import TrainConfig, evaluations_per_epoch, field_types
-from bertclf.encoder_map import get_encoder, load_map, pretrained, unreachable
+from bertclf.encoders.map import get_encoder, load_map, pretrained, unreachable
 from bertclf.errors import UserError, parse_file
 from bertclf.quiet import is_verbose
+from bertclf.run.config import TrainConfig, evaluations_per_epoch, field_types
 
 DATA_KEYS = {"path", "max_examples", "max_train_examples", "max_val_examples",
              "max_test_examples", "text_column", "label_column", "val_fraction", "split_seed"}

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import optuna
 
-from bertclf.config import field_types
 from bertclf.errors import UserError
 from bertclf.masking import mask
-from bertclf.outdir import card_path, is_saved_model
+from bertclf.run.config import field_types
+from bertclf.run.outputs import card_path, is_saved_model
 from sweep.records import (
     DEFAULTS_ATTR,
     ENSEMBLE_RUNS_TAG,
@@ -138,7 +138,7 @@ def export_chosen(study: optuna.Study, out: Path, force: bool, tracking_uri: str
     promoted winner's seed models) to `out` with model_card.json beside it. The new folder
     is built and checked beside `out` and swapped in whole: whatever fails, `out` keeps its
     old export and no temporary folder is left."""
-    from bertclf.outdir import check_out_dir
+    from bertclf.run.outputs import check_out_dir
 
     chosen = chosen_model(study)
     members = ensemble_members(study, chosen) if ensemble else None
@@ -164,7 +164,7 @@ def _build_export(study: optuna.Study, chosen: ChosenModel, work: Path, tracking
     `members` (`ensemble_members`), the ensemble of those seed models."""
     new = work / "new"
     if members:
-        from bertclf.export import export_ensemble
+        from bertclf.run.export import export_ensemble
 
         what = f"the ensemble of trial {chosen.trial.number}'s seed models"
         paths = [_download(uri, work / f"member-{i}", tracking_uri, chosen.trial.number)

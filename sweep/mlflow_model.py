@@ -31,7 +31,7 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
 
         path = context.artifacts["saved_model"]
         self.model = tf.saved_model.load(path)
-        card = Path(path) / "assets.extra" / "bertclf.json"  # bertclf.outdir.card_path
+        card = Path(path) / "assets.extra" / "bertclf.json"  # bertclf.run.outputs.card_path
         self.class_names = json.loads(card.read_text())["class_names"]
 
     # MLflow warns about a predict without a type hint; for a DataFrame it neither converts
@@ -56,7 +56,7 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
 
 def _probabilities(logits) -> np.ndarray:
     """Class probabilities of one batch's logits (one sigmoid logit or a softmax row): a
-    copy of bertclf.export's, because this file is all a logged model carries."""
+    copy of bertclf.run.export's, because this file is all a logged model carries."""
     logits = logits.numpy()
     if logits.shape[1] == 1:
         positive = 1 / (1 + np.exp(-logits[:, 0]))

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 import optuna
 from optuna.trial import TrialState
 
-from bertclf.config import TrainConfig
 from bertclf.errors import TrainingError, UserError
 from bertclf.masking import mask
+from bertclf.run.config import TrainConfig
 from sweep.experiment import Experiment
 from sweep.ownership import (
     GRACE_SECONDS,

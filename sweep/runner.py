@@ -11,9 +11,9 @@ from dataclasses import asdict
 import optuna
 from optuna.trial import TrialState
 
-from bertclf.config import TrainConfig
-from bertclf.datasets import Dataset
+from bertclf.data.datasets import Dataset
 from bertclf.masking import mask
+from bertclf.run.config import TrainConfig
 from sweep.experiment import Experiment
 from sweep.ownership import (
     GRACE_SECONDS,

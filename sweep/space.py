@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from bertclf.config import TrainConfig, field_types
+from bertclf.run.config import TrainConfig, field_types
 from sweep.experiment import Experiment, Range
 from sweep.records import DEFAULTS_ATTR, SPLIT_SEED_ATTR, fixed_attr
 

@@ -18,10 +18,10 @@ import optuna
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from bertclf.config import TrainConfig
-from bertclf.datasets import SPLIT_NAMES, Dataset, fingerprint
-from bertclf.encoder_map import get_encoder
+from bertclf.data.datasets import SPLIT_NAMES, Dataset, fingerprint
+from bertclf.encoders.map import get_encoder
 from bertclf.masking import mask
+from bertclf.run.config import TrainConfig
 from sweep.ownership import retry
 from sweep.records import (
     BEST_TRIAL_TAG,
@@ -83,7 +83,7 @@ def dataset_inputs(dataset: Dataset) -> list[DatasetInput]:
     from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
     from mlflow.types import ColSpec, DataType, Schema
 
-    from bertclf.datasets import imdb_url
+    from bertclf.data.datasets import imdb_url
 
     if dataset.source == "imdb":
         source, name = HTTPDatasetSource(imdb_url()), "imdb"

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import optuna
 
-from bertclf.datasets import Dataset
+from bertclf.data.datasets import Dataset
 from sweep.records import ERROR_ATTR
 
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 # What a logged model needs to load: the versions this trial ran with.
 PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("tensorflow", "tensorflow-text")] + [
     "pandas", "numpy"]
-# What a trial process imports before its job arrives (TensorFlow above all).
-PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.artifacts", "bertclf.train")
+# What a trial process imports before its job arrives (TensorFlow above all; bertclf.run.outputs
+# imports matplotlib and the export module only where save_run uses them, so they are named).
+PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.run.outputs", "bertclf.run.export",
+           "matplotlib.pyplot", "bertclf.run.train")
 
 
 class PrunedAt(optuna.TrialPruned):
@@ -147,9 +149,9 @@ def run_job(job: TrialJob) -> dict:
     arrived = time.perf_counter()
     import tensorflow as tf
 
-    from bertclf.artifacts import save_run
-    from bertclf.config import TrainConfig
-    from bertclf.train import train
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.outputs import save_run
+    from bertclf.run.train import train
     from sweep.tracking import log_metrics
 
     curves = LogCurves(job.tracking_uri, job.run_id)

@@ -25,7 +25,7 @@ def imdb_archive() -> Path:
     it in this session (command lines that tests run included) finds the extracted copy."""
     if not IMDB_ARCHIVE.is_file():
         pytest.skip(f"the IMDB archive is not at {IMDB_ARCHIVE} (../shared is absent)")
-    from bertclf.archives import extract_cached
+    from bertclf.data.archives import extract_cached
 
     extract_cached(IMDB_ARCHIVE, Path(SESSION_CACHE))
     return IMDB_ARCHIVE
@@ -33,8 +33,8 @@ def imdb_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def imdb_full(imdb_archive):
-    """The shared IMDB archive loaded in full (a bertclf.datasets.Dataset)."""
-    from bertclf.datasets import load_dataset
+    """The shared IMDB archive loaded in full (a bertclf.data.datasets.Dataset)."""
+    from bertclf.data.datasets import load_dataset
 
     # Set up by whichever test asks first, which may have pointed the cache elsewhere.
     with pytest.MonkeyPatch.context() as patch:

@@ -11,8 +11,8 @@ import numpy as np
 import sentencepiece as spm
 from safetensors.numpy import load_file, save_file
 
-from bertclf.hf import install, reference
-from bertclf.tiny import TINY_VOCAB
+from bertclf.encoders.hf import install, reference
+from bertclf.encoders.tiny import TINY_VOCAB
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.

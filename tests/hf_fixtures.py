@@ -4,7 +4,7 @@ with ``pytest_plugins = ["hf_fixtures"]`` (so every module shares one import of 
 import pytest
 from hf_checkpoints import CHECKPOINTS, train_spiece, write_checkpoint
 
-from bertclf.hf.install import import_checkpoint
+from bertclf.encoders.hf.install import import_checkpoint
 
 
 @pytest.fixture(scope="session")

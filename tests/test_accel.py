@@ -1,4 +1,4 @@
-"""Mixed precision and XLA (bertclf.accel): "auto" follows the hardware, the bfloat16 rewrite
+"""Mixed precision and XLA (bertclf.run.accel): "auto" follows the hardware, the bfloat16 rewrite
 really changes what a graph computes and only inside a run, XLA under mixed precision leaves
 Keras' jit_compile off, float16 asks for a GPU, and float16's loss scaling leaves the AdamW
 update (weight decay included) unchanged."""
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertclf import accel
-from bertclf.config import Hardware, TrainConfig
 from bertclf.errors import UserError
-from bertclf.optim import make_optimizer
+from bertclf.run import accel
+from bertclf.run.config import Hardware, TrainConfig
+from bertclf.run.optim import make_optimizer
 
 MATRIX = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from data_helpers import assert_data_error, imdb_like, pairs, write_classes
 
-from bertclf import datasets
-from bertclf.archives import safe_extract, sha256_file
-from bertclf.datasets import load_dataset
+from bertclf.data import datasets
+from bertclf.data.archives import safe_extract, sha256_file
+from bertclf.data.datasets import load_dataset
 
 
 @pytest.fixture

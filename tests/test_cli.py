@@ -100,7 +100,7 @@ def test_train_writes_metrics_curves_and_model(trained):
     sizes = [metrics["data"][f"{s}_examples"] for s in ("train", "validation", "test")]
     assert sizes == [60, 19, 24]
     # The test accuracy is the exported model's on the same 24 test sentences.
-    from bertclf.datasets import load_dataset
+    from bertclf.data.datasets import load_dataset
 
     test = load_dataset(cwd / "sentences.tsv", max_examples=60).test
     predictions = exported_predictions(run / "saved_model", test.texts)
@@ -169,7 +169,7 @@ def test_readme_and_help_name_every_train_flag():
     from dataclasses import fields
 
     from bertclf.__main__ import add_train_options
-    from bertclf.config import (
+    from bertclf.run.config import (
         LR_SCHEDULES,
         PRECISIONS,
         TRUNCATIONS,
@@ -362,7 +362,7 @@ def test_train_on_the_imdb_archive(tmp_path, imdb_archive):
 def test_float16_without_a_gpu_is_a_user_error(tmp_path):
     """Found once TensorFlow has looked for a GPU (so after its start-up lines on stderr),
     before anything is trained or written."""
-    from bertclf import accel
+    from bertclf.run import accel
 
     write_tsv(tmp_path / "ok.tsv", per_class=10)
     done = cli("train", "--data", "ok.tsv", "--encoder", "tiny", "--epochs", "1",

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from data_helpers import assert_data_error, imdb_like, pairs, write_classes
 
-from bertclf.config import TrainConfig
-from bertclf.datasets import Split, fingerprint, load_dataset
+from bertclf.data.datasets import Split, fingerprint, load_dataset
 from bertclf.errors import UserError
+from bertclf.run.config import TrainConfig
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -143,7 +143,7 @@ def test_max_examples_keeps_every_class_where_possible(tmp_path):
 
 def test_fingerprint_is_stable_across_processes():
     split = Split(["a", "b\nc"], np.array([0, 1], dtype=np.int32))
-    code = ("import numpy as np; from bertclf.datasets import Split, fingerprint; "
+    code = ("import numpy as np; from bertclf.data.datasets import Split, fingerprint; "
             "print(fingerprint(Split(['a', 'b\\nc'], np.array([0, 1], dtype=np.int32))))")
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

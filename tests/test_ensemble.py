@@ -22,10 +22,10 @@ from sweep_helpers import (
     write_experiment,
 )
 
-from bertclf.datasets import Split
+from bertclf.data.datasets import Split
 from bertclf.errors import UserError
-from bertclf.export import load_model
-from bertclf.outdir import card_path
+from bertclf.run.export import load_model
+from bertclf.run.outputs import card_path
 
 # isort: split
 import tensorflow as tf
@@ -189,8 +189,8 @@ def test_the_card_names_the_seed_models(promoted):
 
 
 def test_bertclf_predict_and_evaluate_load_it(promoted, members):
-    from bertclf.evaluate import evaluate_export
-    from bertclf.export import predict, probabilities
+    from bertclf.run.evaluate import evaluate_export
+    from bertclf.run.export import predict, probabilities
 
     folder, _ = promoted
     out = folder / "ensemble"
@@ -205,7 +205,7 @@ def test_bertclf_predict_and_evaluate_load_it(promoted, members):
 
 
 def test_members_that_disagree_are_refused(promoted, tmp_path):
-    from bertclf.export import export_ensemble
+    from bertclf.run.export import export_ensemble
 
     folder, _ = promoted
     first, second = (shutil.copytree(folder / "single", tmp_path / n) for n in ("a", "b"))
@@ -222,7 +222,7 @@ def test_register_serves_the_ensemble(promoted):
     import mlflow
     import pandas as pd
 
-    from bertclf.export import predict
+    from bertclf.run.export import predict
     from sweep.tracking import mlflow_stores
 
     folder, _ = promoted

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from bertclf.encoder_map import load_map
+from bertclf.encoders.map import load_map
 from bertclf.errors import UserError
 from sweep.experiment import Promotion, Pruner, Range, Sampler, load_experiment, parse_experiment
 from sweep.space import suggest_config

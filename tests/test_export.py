@@ -11,15 +11,14 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from bertclf.artifacts import save_run
-from bertclf.config import TrainConfig
-from bertclf.datasets import Dataset, Split
+from bertclf.data.datasets import Dataset, Split
+from bertclf.data.tokens import tokenize
 from bertclf.errors import UserError
-from bertclf.export import predict, probabilities
-from bertclf.model import text_classifier
-from bertclf.outdir import card_path
-from bertclf.tokens import tokenize
-from bertclf.train import train
+from bertclf.run.config import TrainConfig
+from bertclf.run.export import predict, probabilities
+from bertclf.run.model import text_classifier
+from bertclf.run.outputs import card_path, save_run
+from bertclf.run.train import train
 
 # isort: split
 import tensorflow as tf
@@ -227,7 +226,7 @@ def test_evaluate_scores_the_export_as_training_scored_the_model(run, capsys):
     """`bertclf evaluate`'s scoring of the exported model (its own preprocessing, bucketed
     batches) gives the test figures training reported for the in-memory model, and says how
     far it has got as it goes."""
-    from bertclf.evaluate import evaluate_export
+    from bertclf.run.evaluate import evaluate_export
 
     result, out, _ = run
     test = separable_dataset().test

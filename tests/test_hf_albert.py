@@ -8,7 +8,7 @@ import numpy as np
 import sentencepiece as spm
 from hf_checkpoints import TOLERANCE, encode, max_errors, reference_outputs
 
-from bertclf.bert_encoder import INPUT_NAMES
+from bertclf.encoders.bert_encoder import INPUT_NAMES
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.
@@ -69,10 +69,10 @@ def test_sentencepiece_token_ids_match_sentencepiece(imported):
 def test_sentencepiece_albert_trains_and_exports(imported, tmp_path):
     """What `python -m bertclf train --encoder <import>` does: one epoch, then the exported
     SavedModel reloads and gives the trained model's logits for raw strings."""
-    from bertclf.artifacts import save_run
-    from bertclf.config import TrainConfig
-    from bertclf.export import predict
-    from bertclf.train import train
+    from bertclf.run.config import TrainConfig
+    from bertclf.run.export import predict
+    from bertclf.run.outputs import save_run
+    from bertclf.run.train import train
 
     _, dest = imported("albert-spiece")
     rng = random.Random(1)

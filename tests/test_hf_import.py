@@ -18,9 +18,9 @@ from hf_checkpoints import (
     reference_outputs,
 )
 
-from bertclf.bert_encoder import INPUT_NAMES
-from bertclf.hf import install
-from bertclf.hf.install import import_checkpoint, import_record, minilm_checkpoint
+from bertclf.encoders.bert_encoder import INPUT_NAMES
+from bertclf.encoders.hf import install
+from bertclf.encoders.hf.install import import_checkpoint, import_record, minilm_checkpoint
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.

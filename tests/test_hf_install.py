@@ -14,12 +14,17 @@ from hf_checkpoints import minilm_installed, write_checkpoint
 from safetensors.numpy import load_file, save_file
 
 from bertclf.__main__ import build_parser, main
-from bertclf.bert_encoder import build_bert_encoder, encoder_weights
+from bertclf.encoders.bert_encoder import build_bert_encoder, encoder_weights
+from bertclf.encoders.hf import convert, install
+from bertclf.encoders.hf.checkpoint import encoder_tensors, read_checkpoint, read_tensors
+from bertclf.encoders.hf.convert import bert_config, encoder_values
+from bertclf.encoders.hf.install import (
+    import_checkpoint,
+    import_record,
+    map_entry,
+    minilm_checkpoint,
+)
 from bertclf.errors import EncoderError
-from bertclf.hf import convert, install
-from bertclf.hf.checkpoint import encoder_tensors, read_checkpoint, read_tensors
-from bertclf.hf.convert import bert_config, encoder_values
-from bertclf.hf.install import import_checkpoint, import_record, map_entry, minilm_checkpoint
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.

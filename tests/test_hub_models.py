@@ -7,9 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertclf.bert_encoder import INPUT_NAMES, BertConfig, build_bert_encoder, encoder_weights
-from bertclf.bert_preprocessor import save_preprocessor
-from bertclf.tiny import TINY_VOCAB, build_tiny
+from bertclf.encoders.bert_encoder import (
+    INPUT_NAMES,
+    BertConfig,
+    build_bert_encoder,
+    encoder_weights,
+)
+from bertclf.encoders.bert_preprocessor import save_preprocessor
+from bertclf.encoders.tiny import TINY_VOCAB, build_tiny
 
 # isort: split
 # TensorFlow only after bertclf, which makes tf.keras tf-keras.

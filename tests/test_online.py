@@ -15,7 +15,7 @@ import pytest
 from loopback_http import LoopbackServer
 from sweep_helpers import ROOT, explain, load_study, sweep_cli, write_data, write_experiment
 
-from bertclf.datasets import fingerprint, load_dataset
+from bertclf.data.datasets import fingerprint, load_dataset
 
 IMDB_PATH = "/mirror/aclImdb_v1.tar.gz"
 HUB_FORMAT = "tf-hub-format=compressed"
@@ -158,7 +158,7 @@ def test_missing_imdb_archive_is_a_one_line_error(imdb_mirror, tmp_path, monkeyp
 def hub(tmp_path_factory):
     """A server of the built-in tiny encoder and preprocessor in TF Hub's compressed format,
     a truncated copy of the encoder, and an encoder map naming them."""
-    from bertclf.encoder_map import get_encoder, install_builtins, resolve_handle
+    from bertclf.encoders.map import get_encoder, install_builtins, resolve_handle
 
     install_builtins(get_encoder("tiny"))
     encoder = Path(resolve_handle("builtin:tiny/encoder"))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertclf.encoder_map import get_encoder
-from bertclf.model import build_classifier
-from bertclf.optim import ScheduledAdamW, learning_rate_schedule, make_optimizer
+from bertclf.encoders.map import get_encoder
+from bertclf.run.model import build_classifier
+from bertclf.run.optim import ScheduledAdamW, learning_rate_schedule, make_optimizer
 
 pytest_plugins = ["hf_fixtures"]  # the `imported` fixture: random checkpoints, imported
 

@@ -27,7 +27,7 @@ from sweep_helpers import (
     write_experiment,
 )
 
-from bertclf.config import TrainConfig
+from bertclf.run.config import TrainConfig
 from sweep.processes import ChildFailed, ChildProcess
 from sweep.trial import PRELOAD, TrialJob, run_job
 
@@ -177,7 +177,7 @@ def test_full_disk_while_saving_fails_the_trial_and_keeps_the_store(tmp_path):
     """Files may not grow past 2 MB: the store stays below it, the exported model's 4 MB of
     weights do not, so the trial fails saving its model, as on a full disk; its run and
     the curves it logged before stay readable."""
-    from bertclf.encoder_map import get_encoder, install_builtins
+    from bertclf.encoders.map import get_encoder, install_builtins
 
     install_builtins(get_encoder("tiny"))  # built before the limit applies
     job = trial_job(tmp_path)

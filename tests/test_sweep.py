@@ -41,7 +41,7 @@ from sweep_helpers import (
     write_experiment,
 )
 
-from bertclf import accel
+from bertclf.run import accel
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

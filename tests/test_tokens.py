@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from bertclf.cache import cache_dir
-from bertclf.datasets import Split
-from bertclf.encoder_map import get_encoder
-from bertclf.model import build_classifier, loss_and_metric
-from bertclf.tokens import (
+from bertclf.data.datasets import Split
+from bertclf.data.tokens import (
     BUCKET_BOUNDARIES,
     TokenIds,
     make_dataset,
@@ -19,6 +17,8 @@ from bertclf.tokens import (
     token_ids,
     tokenize,
 )
+from bertclf.encoders.map import get_encoder
+from bertclf.run.model import build_classifier, loss_and_metric
 
 # isort: split
 import tensorflow as tf
@@ -80,7 +80,7 @@ def test_ids_start_with_cls_end_with_sep_and_are_truncated(spec):
 
 
 def test_tokenize_more_texts_than_one_batch(spec, monkeypatch):
-    from bertclf import tokens
+    from bertclf.data import tokens
 
     texts = random_texts(25, 1, 12, seed=9)
     whole = tokenize(spec, texts, 32)

@@ -5,7 +5,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from sweep_helpers import write_data
 
-from bertclf.config import TrainConfig
+from bertclf.run.config import TrainConfig
 from sweep.tracking import Tracker, dataset_inputs, study_ui_link, ui_link
 
 

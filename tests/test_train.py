@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertclf import accel
-from bertclf.config import TrainConfig, evaluation_points, evaluations_per_epoch
-from bertclf.datasets import Dataset, Split
-from bertclf.encoder_map import get_encoder
+from bertclf.data.datasets import Dataset, Split
+from bertclf.data.tokens import make_dataset, token_ids
+from bertclf.encoders.map import get_encoder
 from bertclf.errors import TrainingError, UserError
-from bertclf.model import loss_and_metric
-from bertclf.tokens import make_dataset, token_ids
-from bertclf.train import eval_sample, train
+from bertclf.run import accel
+from bertclf.run.config import TrainConfig, evaluation_points, evaluations_per_epoch
+from bertclf.run.model import loss_and_metric
+from bertclf.run.train import eval_sample, train
 
 POSITIVE = "good great wonderful excellent superb brilliant lovely amazing".split()
 NEGATIVE = "bad awful terrible horrible dreadful boring poor worst".split()
@@ -246,7 +246,7 @@ def test_same_seed_same_history(tmp_path, monkeypatch, built_by):
     first trial of a sweep, the first `bertclf train`)."""
     monkeypatch.setenv("BERTCLF_CACHE_DIR", str(tmp_path / "cache"))
     if built_by == "another process":
-        code = ("from bertclf.encoder_map import get_encoder, load_encoder_layer\n"
+        code = ("from bertclf.encoders.map import get_encoder, load_encoder_layer\n"
                 "load_encoder_layer(get_encoder('tiny'))")
         subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(),
                        capture_output=True, timeout=300)

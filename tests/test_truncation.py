@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertclf.datasets import Split
-from bertclf.encoder_map import get_encoder
-from bertclf.export import export_model, load_model
-from bertclf.model import build_classifier
-from bertclf.packing import head_length
-from bertclf.tiny import TINY_VOCAB
-from bertclf.tokens import token_ids
+from bertclf.data.datasets import Split
+from bertclf.data.packing import head_length
+from bertclf.data.tokens import token_ids
+from bertclf.encoders.map import get_encoder
+from bertclf.encoders.tiny import TINY_VOCAB
+from bertclf.run.export import export_model, load_model
+from bertclf.run.model import build_classifier
 
 VOCAB = TINY_VOCAB.read_text(encoding="utf-8").splitlines()
 WORDS = [w for w in VOCAB[150:400] if w.isalpha()][:60]  # whole words of the tiny vocab

@@ -1,4 +1,4 @@
-"""Regenerate the tiny model's vocab (bertclf/assets/tiny_vocab.txt) from the IMDB archive.
+"""Regenerate tiny's vocab (bertclf/encoders/assets/tiny_vocab.txt) from the IMDB archive.
 
     python tools/make_tiny_vocab.py path/to/aclImdb_v1.tar.gz
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertclf.cache import build_once
-from bertclf.tiny import TINY_VOCAB
+from bertclf.encoders.tiny import TINY_VOCAB
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # first, in BERT's order
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bertclf.encoders.hf.checkpoint import Checkpoint
 from bertclf.errors import EncoderError
-from bertclf.hf.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
-    from bertclf.bert_encoder import BertConfig
+    from bertclf.encoders.bert_encoder import BertConfig
 
 # Hugging Face config class defaults, for keys a config.json leaves out.
 DEFAULTS = {
@@ -54,7 +54,7 @@ ACTIVATIONS = {
 
 def bert_config(checkpoint: Checkpoint) -> BertConfig:
     """The ``BertConfig`` of the checkpoint, or EncoderError for what the encoder cannot do."""
-    from bertclf.bert_encoder import BertConfig
+    from bertclf.encoders.bert_encoder import BertConfig
 
     where = checkpoint.folder / "config.json"
     kind = checkpoint.model_type

@@ -17,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from bertclf.cache import build_once, cache_dir
-from bertclf.datasets import Split, fingerprint
-from bertclf.encoder_map import EncoderSpec, install_builtins, load_preprocessor, preprocess_path
-from bertclf.model import INPUT_NAMES
-from bertclf.packing import head_length, pack_inputs
+from bertclf.data.datasets import Split, fingerprint
+from bertclf.data.packing import head_length, pack_inputs
+from bertclf.encoders.map import EncoderSpec, install_builtins, load_preprocessor, preprocess_path
+from bertclf.run.model import INPUT_NAMES
 
 TOKENIZE_BATCH = 512
 BUCKET_BOUNDARIES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448)

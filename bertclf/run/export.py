@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf.encoder_map import EncoderSpec, load_preprocessor
+from bertclf.data.packing import pack_inputs
+from bertclf.encoders.map import EncoderSpec, load_preprocessor
 from bertclf.errors import UserError
-from bertclf.model import INPUT_NAMES
-from bertclf.outdir import card_path, check_exported
-from bertclf.packing import pack_inputs
+from bertclf.run.model import INPUT_NAMES
+from bertclf.run.outputs import card_path, check_exported
 
 TEXT = tf.TensorSpec([None], tf.string, name="text")
 INPUTS = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}

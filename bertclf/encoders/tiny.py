@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertclf.bert_encoder import BertConfig, build_bert_encoder, save_encoder
-from bertclf.bert_preprocessor import save_preprocessor
 from bertclf.cache import build_once
-from bertclf.outdir import is_saved_model
+from bertclf.encoders.bert_encoder import BertConfig, build_bert_encoder, save_encoder
+from bertclf.encoders.bert_preprocessor import save_preprocessor
+from bertclf.run.outputs import is_saved_model
 
 TINY_VOCAB = Path(__file__).parent / "assets" / "tiny_vocab.txt"
 

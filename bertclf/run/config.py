@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import TYPE_CHECKING
 
+from bertclf.data.splits import sampling_problem
 from bertclf.errors import UserError
-from bertclf.splits import sampling_problem
 
 if TYPE_CHECKING:
-    from bertclf.datasets import Dataset
+    from bertclf.data.datasets import Dataset
 
 LR_SCHEDULES = ("constant", "linear")
 WD_SCHEDULES = ("lr", "constant", "piecewise")
@@ -31,7 +31,7 @@ def _field(default, text: str):
 @dataclass(frozen=True)
 class Hardware:
     """How TensorFlow work uses the machine: its precision and XLA. Training, evaluation and
-    the bench run under it (`bertclf.accel`); a run's TrainConfig gives it as `.hardware`."""
+    the bench run under it (`bertclf.run.accel`); a run's TrainConfig gives it as `.hardware`."""
 
     precision: str = _field("auto", "auto | float32 | mixed_float16 (GPU) | mixed_bfloat16 "
                             "(CPU, oneDNN); auto: mixed_float16 with a GPU, mixed_bfloat16 on "
@@ -172,7 +172,7 @@ class TrainConfig:
 
     def load_data(self) -> Dataset:
         """Load `data` and split it as this config says (seeded, sampled per split)."""
-        from bertclf.datasets import load_dataset  # datasets takes its defaults from here
+        from bertclf.data.datasets import load_dataset  # datasets takes its defaults from here
 
         return load_dataset(self.data, text_column=self.text_column,
                             label_column=self.label_column, val_fraction=self.val_fraction,

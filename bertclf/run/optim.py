@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertclf.config import LR_SCHEDULES, WD_SCHEDULES
+from bertclf.run.config import LR_SCHEDULES, WD_SCHEDULES
 
 # The notebook's piecewise-constant decay: full, then a tenth, then a hundredth.
 PIECEWISE_FRACTIONS = (0.5, 0.75)

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from bertclf import accel
-from bertclf.config import Hardware, TrainConfig, evaluation_points
-from bertclf.datasets import Dataset
-from bertclf.encoder_map import EncoderSpec, get_encoder, install_builtins
+from bertclf.data.datasets import Dataset
+from bertclf.data.tokens import TokenIds, make_dataset, steps_per_epoch, token_ids
+from bertclf.encoders.map import EncoderSpec, get_encoder, install_builtins
 from bertclf.errors import TrainingError
-from bertclf.model import build_classifier, loss_and_metric
-from bertclf.optim import make_optimizer
-from bertclf.tokens import TokenIds, make_dataset, steps_per_epoch, token_ids
+from bertclf.run import accel
+from bertclf.run.config import Hardware, TrainConfig, evaluation_points
+from bertclf.run.model import build_classifier, loss_and_metric
+from bertclf.run.optim import make_optimizer
 
 EVAL_SAMPLE_STREAM = 7  # the in-epoch validation sample's random stream (after splits.py's)
 

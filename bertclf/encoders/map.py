@@ -1,6 +1,6 @@
 """The encoder map: encoder names -> (TF Hub encoder handle, matching preprocessor handle).
 
-The map is data: `bertclf/encoders.toml` ships the notebook's map plus `tiny`; a user
+The map is data: `bertclf/encoders/encoders.toml` ships the notebook's map plus `tiny`; a user
 file of the same shape (`--encoder-map FILE` or $BERTCLF_ENCODER_MAP) adds entries or
 overrides them. A handle is a TF Hub URL, a local SavedModel folder in the TF Hub BERT
 format, or `builtin:NAME/PART` for models bertclf builds itself into its cache.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bertclf.cache import cache_dir
 from bertclf.errors import EncoderError, parse_file
-from bertclf.outdir import is_saved_model
+from bertclf.run.outputs import is_saved_model
 
 BUILTIN_MAP = Path(__file__).with_name("encoders.toml")
 BUILTIN = "builtin:"  # the prefix of the handles of models bertclf makes itself
@@ -98,13 +98,13 @@ def get_encoder(name: str, map_path: str | Path | None = None) -> EncoderSpec:
 
 
 def _build_tiny(dest: Path) -> tuple[Path, Path]:
-    from bertclf.tiny import build_tiny
+    from bertclf.encoders.tiny import build_tiny
 
     return build_tiny(dest)
 
 
 def _import_minilm(dest: Path) -> tuple[Path, Path]:
-    from bertclf.hf.install import import_checkpoint, minilm_checkpoint
+    from bertclf.encoders.hf.install import import_checkpoint, minilm_checkpoint
 
     return import_checkpoint(minilm_checkpoint(), dest)
 
@@ -194,7 +194,7 @@ def unreachable(handle: str, timeout: float = 5.0) -> str | None:
     TF Hub URL in the hub cache or answering a short request, an existing local folder, or
     a built-in model whose sources are installed."""
     if handle.startswith(BUILTIN):
-        from bertclf.hf.install import MINILM_PACKAGE, MINILM_PIP
+        from bertclf.encoders.hf.install import MINILM_PACKAGE, MINILM_PIP
 
         model = handle.removeprefix(BUILTIN).partition("/")[0]
         if model == "minilm" and importlib.util.find_spec(MINILM_PACKAGE) is None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from bertclf.config import Hardware
 from bertclf.errors import UserError
+from bertclf.run.config import Hardware
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
 

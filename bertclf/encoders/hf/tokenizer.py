@@ -8,7 +8,7 @@ cased vocab has capitalised words).
 
 from __future__ import annotations
 
-from bertclf.hf.checkpoint import Checkpoint, read_json, read_vocab
+from bertclf.encoders.hf.checkpoint import Checkpoint, read_json, read_vocab
 
 
 def lower_case(checkpoint: Checkpoint) -> tuple[bool, str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertclf import accel
-from bertclf.config import Hardware
-from bertclf.datasets import Split
+from bertclf.data.datasets import Split
+from bertclf.data.tokens import TokenIds, make_dataset
 from bertclf.errors import UserError
-from bertclf.export import load_model, probabilities
-from bertclf.tokens import TokenIds, make_dataset
-from bertclf.train import rate_and_time_left
+from bertclf.run import accel
+from bertclf.run.config import Hardware
+from bertclf.run.export import load_model, probabilities
+from bertclf.run.train import rate_and_time_left
 
 PREPROCESS_BATCH = 512
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertclf.config import TRUNCATIONS
+from bertclf.run.config import TRUNCATIONS
 
 
 def head_length(seq_len: int, truncation: str, head_tokens: int | None = None) -> int:
