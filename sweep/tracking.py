@@ -251,7 +251,10 @@ class Tracker:
         model_id = model_uri.removeprefix("models:/")
         try:
             location = self.client.get_logged_model(model_id).artifact_location
-            get_artifact_repository(location).delete_artifacts()
+            # mlflow-artifacts:/ locations (a tracking server's proxy) are reached through
+            # the tracking URI, which must be this study's, not the process default.
+            get_artifact_repository(location, tracking_uri=self.tracking_uri,
+                                    registry_uri=self.tracking_uri).delete_artifacts()
             self.client.delete_logged_model(model_id)
         except MlflowException as e:  # deleted by another worker, or before an interrupt
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
