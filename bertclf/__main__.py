@@ -29,7 +29,35 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     from bertclf.run.config import TrainConfig
 
     for f in fields(TrainConfig):
-        add_config_flag(parser, f.name, required=f.name == "data", default=argparse.SUPPRESS)
+        add_config_flag(parser, f.name, default=argparse.SUPPRESS)
+
+
+def read_config_file(path: Path) -> dict:
+    """A run's options from a TOML file of TrainConfig keys (`seq_len = 256`); a relative
+    `data` or `encoder_map` path is taken relative to the file, as in experiment files."""
+    import tomllib
+
+    from bertclf.errors import UserError, parse_file
+
+    options = parse_file(path, tomllib.loads, "TOML",
+                         lambda why: UserError(f"--config {path}: {why}"))
+    for key in ("data", "encoder_map"):
+        value = options.get(key)
+        if isinstance(value, str) and value != "imdb" and not Path(value).is_absolute():
+            options[key] = str((path.parent / value).resolve())
+    return options
+
+
+def _train_options(args: argparse.Namespace) -> dict:
+    """The run's options: the --config file's, with the flags given over them."""
+    from bertclf.errors import UserError
+
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "run", "out", "force", "verbose", "config")}
+    options = {**(read_config_file(Path(args.config)) if args.config else {}), **flags}
+    if "data" not in options:
+        raise UserError("train needs --data (or data = ... in the --config file)")
+    return options
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -37,9 +65,7 @@ def _train(args: argparse.Namespace) -> None:
     from bertclf.run.config import TrainConfig
     from bertclf.run.outputs import check_out_dir
 
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "run", "out", "force", "verbose")}
-    config = TrainConfig.from_dict(options)
+    config = TrainConfig.from_dict(_train_options(args))
     config.validate()
     # Every user error is found here, before training (and before TensorFlow loads).
     check_out_dir(args.out, args.force)
@@ -159,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser, commands = command_parser("python -m bertclf", __doc__)
 
     train = commands.add_parser("train", help="fine-tune one classifier")
+    train.add_argument("--config", metavar="FILE.toml",
+                       help="the run's options from a TOML file of the flags' names "
+                            "(seq_len = 256, data = \"../data.tsv\": relative to the file); "
+                            "flags given override it")
     add_train_options(train)
     train.add_argument("--out", required=True, help="folder for metrics.json, curves.png, "
                        "saved_model/")

@@ -6,13 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/minilm-imdb}
-time python -m bertclf train \
-    --data ../shared/data/aclImdb_v1_labeled.tar.gz \
-    --encoder minilm \
-    --max-train-examples 12000 --max-val-examples 2000 \
-    --seq-len 128 --batch-size 32 --eval-batch-size 128 \
-    --epochs 1 --lr 8e-5 --lr-schedule linear --warmup-fraction 0.1 \
-    --weight-decay 0.01 --wd-schedule lr --precision float32 --seed 42 \
-    --out "$out" --force
+time python -m bertclf train --config experiments/hand_minilm_128.toml --out "$out" --force
 python -m bertclf predict "$out/saved_model" "a wonderful film, moving and beautifully acted" \
     "a dull, lifeless mess"

@@ -7,10 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/minilm-imdb-256}
-time python -m bertclf train \
-    --data ../shared/data/aclImdb_v1_labeled.tar.gz \
-    --encoder minilm --seq-len 256 --truncation head \
-    --batch-size 32 --eval-batch-size 128 \
-    --epochs 1 --lr 8e-5 --lr-schedule linear --warmup-fraction 0.1 \
-    --weight-decay 0.01 --wd-schedule lr --precision mixed_bfloat16 --seed 42 \
-    --out "$out" --force
+time python -m bertclf train --config experiments/hand_minilm_256.toml --out "$out" --force

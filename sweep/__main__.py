@@ -170,7 +170,8 @@ def _trials_so_far(storage_url: str, name: str) -> list:
 def _budget_plan(args: argparse.Namespace, experiment, dataset, trials: list, clock,
                  parallel: int):
     """Measure (or reuse the measurement), make the budget's plan and print it."""
-    from sweep.budget import format_plan, plan_budget
+    from sweep.budget import plan_budget
+    from sweep.plan import format_plan
 
     plan = plan_budget(experiment, dataset, trials, clock.budget_seconds, clock.used,
                        max_trials=args.trials, parallel=parallel)

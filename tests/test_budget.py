@@ -9,15 +9,8 @@ import pytest
 from sweep_helpers import error_lines, explain, mlflow_runs, sweep_cli, write_experiment
 
 from bertclf.errors import UserError
-from sweep.budget import (
-    PROMOTION_SHARE,
-    Fidelity,
-    Inputs,
-    Rates,
-    make_plan,
-    parse_duration,
-    promotion_ladder,
-)
+from sweep.budget import parse_duration
+from sweep.plan import PROMOTION_SHARE, Fidelity, Inputs, Rates, make_plan, promotion_ladder
 
 # --- the duration -------------------------------------------------------------------------
 
@@ -73,14 +66,15 @@ def test_a_bigger_budget_never_plans_less():
     for smaller, bigger in zip(plans, plans[1:], strict=False):
         assert bigger.trials >= smaller.trials
         assert size(bigger.fidelity) >= size(smaller.fidelity)
-        assert (bigger.top, bigger.seeds) >= (smaller.top, smaller.seeds)
+        assert bigger.promotion_seconds >= smaller.promotion_seconds
     assert plans[-1].trials > plans[0].trials
     assert size(plans[-1].fidelity) > size(plans[0].fidelity)
 
 
-def test_the_promotion_is_reserved_first():
-    """The promotion takes the largest fidelity that fits its share, whatever the search
-    could have used; the search gets the rest, and the stages add up to the budget."""
+def test_the_promotion_is_reserved_first_fidelity_first():
+    """The promotion takes the largest fidelity at which one configuration and one seed (and
+    the control) fit its share, then as many seeds and configurations as fit there; the
+    search gets the rest, and the stages add up to the budget."""
     plan = make_plan(inputs(150))
     left = 150 * 60 - 30 - plan.inputs.export_seconds
     ladder = promotion_ladder(plan.inputs)
@@ -90,14 +84,16 @@ def test_the_promotion_is_reserved_first():
     def scoring(f: Fidelity) -> float:  # the final scoring grows with the length
         return 25000 / RATES[f.seq_len].eval + plan.inputs.overhead
 
-    def cost(f: Fidelity) -> float:
-        runs = plan.runs * f.seconds(RATES[f.seq_len], plan.inputs.overhead)
-        return runs + scoring(f) - scoring(ladder[0])
+    def cost(f: Fidelity, runs: int) -> float:
+        return runs * f.seconds(RATES[f.seq_len], plan.inputs.overhead) + scoring(f) - scoring(
+            ladder[0])
 
     share = PROMOTION_SHARE * (left - scoring(ladder[0]))
-    assert cost(plan.fidelity) <= share < cost(ladder[step + 1])
-    assert plan.promotion_seconds == pytest.approx(cost(plan.fidelity) - scoring(plan.fidelity)
-                                                   + scoring(ladder[0]))
+    assert cost(plan.fidelity, plan.runs) <= share < cost(ladder[step + 1], 2)
+    more_seeds = (plan.top + 1) * (plan.seeds + 1)
+    assert plan.seeds == plan.inputs.seeds or cost(plan.fidelity, more_seeds) > share
+    assert plan.promotion_seconds == pytest.approx(
+        cost(plan.fidelity, plan.runs) - scoring(plan.fidelity) + scoring(ladder[0]))
     total = sum(stage.seconds for stage in plan.stages())
     assert total == pytest.approx(150 * 60)
     assert plan.trials == int(plan.search_seconds // plan.trial_seconds)

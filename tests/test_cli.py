@@ -194,6 +194,38 @@ def test_readme_and_help_name_every_train_flag():
         assert f"{flag} {name.upper()} {' '.join(help_text(name).split())}" in shown, name
 
 
+def test_config_file_gives_the_options_and_flags_override_it(tmp_path):
+    """`train --config FILE.toml`: the file's options (its data path relative to the file),
+    the flags given over them, as the run's metrics.json records."""
+    (tmp_path / "data").mkdir()
+    write_tsv(tmp_path / "data" / "sentences.tsv")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "small.toml").write_text(
+        'data = "../data/sentences.tsv"\nencoder = "tiny"\nmax_examples = 40\n'
+        'seq_len = 24\nepochs = 3\nlr = 2e-3\n', encoding="utf-8")
+    done = cli("train", "--config", "runs/small.toml", "--epochs", "1", "--out", "run",
+               cwd=tmp_path)
+    assert done.returncode == 0, show(done)
+    params = json.loads((tmp_path / "run" / "metrics.json").read_text())["params"]
+    assert params["data"] == str((tmp_path / "data" / "sentences.tsv").resolve())
+    assert (params["seq_len"], params["lr"], params["max_examples"]) == (24, 2e-3, 40)
+    assert params["epochs"] == 1, "the flag overrides the file"
+    assert params["batch_size"] == 32, "what neither gives keeps its default"
+
+
+@pytest.mark.parametrize("name", ["hand_minilm_128.toml", "hand_minilm_256.toml"])
+def test_the_imdb_scripts_config_files_are_valid_runs(name):
+    """The hand-configured IMDB runs' files (experiments/imdb_minilm*.sh) hold valid options
+    whose data path, relative to the file, is the shared archive."""
+    from bertclf.__main__ import read_config_file
+    from bertclf.run.config import TrainConfig
+
+    options = read_config_file(REPO / "experiments" / name)
+    TrainConfig.from_dict(options).validate()
+    assert Path(options["data"]).resolve() == (
+        REPO.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz").resolve()
+
+
 # --- user errors ---------------------------------------------------------------------------
 
 
@@ -245,6 +277,18 @@ def _setup(case: str, cwd: Path) -> list[str]:
         return ["train", "--data", "ok.tsv", *BAD_FLAGS[case], "--out", "out"]
     if case == "missing --data":
         return ["train", "--out", "out"]
+    if case == "missing --config file":
+        return ["train", "--config", "no-such-run.toml", "--out", "out"]
+    if case == "--config not TOML":
+        (cwd / "run.toml").write_text("seq_len = = 3\n", encoding="utf-8")
+        return ["train", "--config", "run.toml", "--out", "out"]
+    if case == "--config unknown key":
+        (cwd / "run.toml").write_text('data = "ok.tsv"\nlearning_rate = 1e-3\n',
+                                      encoding="utf-8")
+        return ["train", "--config", "run.toml", "--out", "out"]
+    if case == "--config without data":
+        (cwd / "run.toml").write_text('encoder = "tiny"\n', encoding="utf-8")
+        return ["train", "--config", "run.toml", "--out", "out"]
     if case == "out folder not empty":
         (cwd / "out").mkdir()
         (cwd / "out" / "keep.txt").write_text("mine", encoding="utf-8")
@@ -292,6 +336,10 @@ ERRORS = {
     "--eval-every 1.5": "eval_every",
     "unknown flag": "--learning-rate",
     "missing --data": "--data",
+    "missing --config file": "no-such-run.toml",
+    "--config not TOML": "not valid TOML",
+    "--config unknown key": "learning_rate",
+    "--config without data": "--data",
     "out folder not empty": "not empty",
     "predict on a folder that is not a model": "saved_model.pb",
     "predict on a missing folder": "no-such-model",
