@@ -70,7 +70,7 @@ def open_grpc_proxy(url: str) -> optuna.storages.GrpcStorageProxy:
 
 # What the losers of a race to create a new database's tables (or a study's experiment) see.
 SCHEMA_RACE = ("already exists", "duplicate key", "alembic_version",
-               "expected to match one row")
+               "expected to match one row", "no such table")
 
 
 @contextlib.contextmanager
@@ -101,7 +101,10 @@ def retry_schema_race(open_store: Callable[[], T], what: str, url: str,
                 return open_store()
         except Exception as e:
             message = str(e).strip() or type(e).__name__
-            if attempt >= attempts or not any(s in message for s in SCHEMA_RACE):
+            # A KeyError (a table name) comes from metadata read while a process that does
+            # not take the lock, e.g. `mlflow ui`, is still creating the tables.
+            race = isinstance(e, KeyError) or any(s in message for s in SCHEMA_RACE)
+            if attempt >= attempts or not race:
                 raise UserError(mask(f"cannot open {what}: {message.splitlines()[0][:300]}")
                                 ) from None
             time.sleep(attempt)

@@ -25,6 +25,7 @@ from sweep_helpers import (
 
 from bench.faults import other_host_checker, stop_checker
 from sweep.records import OWNER_ATTR
+from sweep.study import sqlite_lock
 
 
 def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:
@@ -40,9 +41,12 @@ def assert_stores_agree(folder, study: str) -> None:
 
 
 def running_runs(folder, study: str) -> list[str]:
-    """The names of the study's RUNNING MLflow runs (none while its store is being made)."""
+    """The names of the study's RUNNING MLflow runs (none while its store is being made),
+    read under the sweep's lock beside the database: opening a database whose tables another
+    process is still making makes tables too, and the two makers collide."""
     try:
-        return mlflow_runs(folder, study).running()
+        with sqlite_lock(f"sqlite:///{folder / 'mlflow.db'}"):
+            return mlflow_runs(folder, study).running()
     except Exception:  # no database, tables or experiment yet
         return []
 
