@@ -76,7 +76,8 @@ def _serve(connection, preload: tuple[str, ...], env: dict[str, str]) -> None:
     try:
         connection.send(("ok", function(*args)))
     except BaseException as e:  # everything must reach the parent, not just Exceptions
-        traceback.print_exc()
+        if not getattr(e, "expected", False):  # a pruned trial is no failure to trace
+            traceback.print_exc()
         try:
             connection.send(("error", e))
         except Exception:  # it does not pickle: its text does

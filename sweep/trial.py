@@ -29,6 +29,8 @@ PRELOAD = ("bertclf.tf_start", "mlflow", "bertclf.run.outputs", "bertclf.run.exp
 class PrunedAt(optuna.TrialPruned):
     """The pruner stopped the trial after evaluation `step` (in epoch `epoch`)."""
 
+    expected = True  # how a trial ends, not a failure: its process prints no traceback
+
     def __init__(self, step: int, epoch: float):
         super().__init__(f"pruned after step {step} (epoch {epoch:g})")
         self.step, self.epoch = step, epoch

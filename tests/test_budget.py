@@ -72,9 +72,9 @@ def test_a_bigger_budget_never_plans_less():
 
 
 def test_the_promotion_is_reserved_first_fidelity_first():
-    """The promotion takes the largest fidelity at which one configuration and one seed (and
-    the control) fit its share, then as many seeds and configurations as fit there; the
-    search gets the rest, and the stages add up to the budget."""
+    """The promotion takes the largest fidelity at which one configuration with two seeds
+    (and the control with two) fits its share, then as many seeds and configurations as fit
+    there; the search gets the rest, and the stages add up to the budget."""
     plan = make_plan(inputs(150))
     left = 150 * 60 - 30 - plan.inputs.export_seconds
     ladder = promotion_ladder(plan.inputs)
@@ -89,7 +89,7 @@ def test_the_promotion_is_reserved_first_fidelity_first():
             ladder[0])
 
     share = PROMOTION_SHARE * (left - scoring(ladder[0]))
-    assert cost(plan.fidelity, plan.runs) <= share < cost(ladder[step + 1], 2)
+    assert cost(plan.fidelity, plan.runs) <= share < cost(ladder[step + 1], 2 * 2)
     more_seeds = (plan.top + 1) * (plan.seeds + 1)
     assert plan.seeds == plan.inputs.seeds or cost(plan.fidelity, more_seeds) > share
     assert plan.promotion_seconds == pytest.approx(

@@ -15,6 +15,7 @@ def test_a_pruner_that_must_prune_does(tmp_path):
     assert result.returncode == 0, explain(result)
     trials = load_study(tmp_path, "pruned").trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert "Traceback" not in result.stderr, "a pruned trial is no failure to trace"
     runs = mlflow_runs(tmp_path, "pruned")
     assert runs.running() == []
     for trial in trials:
