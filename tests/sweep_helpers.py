@@ -147,6 +147,13 @@ def http_json(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+def _interruptible() -> None:
+    """Ctrl-C as a user's terminal delivers it: a suite started in the background by a
+    non-interactive shell (`cmd &`) ignores SIGINT, its children inherit that, and Python
+    then never raises KeyboardInterrupt; the tests that press Ctrl-C need the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Background:
     """A sweep command in its own process group, its output collected line by line."""
 
@@ -156,7 +163,7 @@ class Background:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sweep", *map(str, args)], cwd=folder,
             env=sweep_env(folder), stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_interruptible)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
