@@ -76,23 +76,11 @@ class Clock:
 # ------------------------------------------------- from an experiment, its data and study
 
 
-def _candidates(value, default):
-    from sweep.experiment import Range
-
-    if value is None:
-        return [default]
-    if isinstance(value, Range):
-        return [value.low, value.high]
-    return value if isinstance(value, list) else [value]
-
-
 def search_fidelity(experiment, dataset) -> Fidelity:
     """The most a search trial of `experiment` may run on `dataset` (its loaded split)."""
-    from bertclf.run.config import TrainConfig
-
     train = len(dataset.train)
     return Fidelity(train, len(dataset.validation), len(dataset.test),
-                    int(max(_candidates(experiment.space.get("seq_len"), TrainConfig.seq_len))),
+                    int(max(experiment.candidates("seq_len"))),
                     experiment.max_epochs,
                     max(1, experiment.max_steps(train) // experiment.max_epochs))
 
@@ -121,24 +109,16 @@ def fixed_fidelity(experiment, search: Fidelity, full: tuple[int, int, int]) -> 
                    epochs=fixed.get("epochs", search.epochs))
 
 
-def _searched(experiment, name: str) -> bool:
-    from sweep.experiment import Range
-
-    return isinstance(experiment.space.get(name), list | Range)
-
-
 def measurement_jobs(experiment, lengths: list[int]) -> list[dict]:
     """One measurement per encoder of the space and length, at the space's smallest batch
     size, its precision and XLA setting."""
-    from bertclf.run.config import TrainConfig
-
-    space = experiment.space
-    batch = int(min(_candidates(space.get("batch_size"), TrainConfig.batch_size)))
-    precision = _candidates(space.get("precision"), TrainConfig.precision)[0]
-    jit = _candidates(space.get("jit_compile"), None)[0]
-    return [{"encoder": encoder, "encoder_map": space.get("encoder_map"), "seq_len": length,
-             "batch_size": batch, "precision": precision, "jit_compile": jit}
-            for encoder in _candidates(space.get("encoder"), TrainConfig.encoder)
+    batch = int(min(experiment.candidates("batch_size")))
+    precision = experiment.candidates("precision")[0]
+    jit = experiment.candidates("jit_compile")[0]
+    return [{"encoder": encoder, "encoder_map": experiment.space.get("encoder_map"),
+             "seq_len": length, "batch_size": batch, "precision": precision,
+             "jit_compile": jit}
+            for encoder in experiment.candidates("encoder")
             for length in lengths]
 
 
@@ -191,7 +171,7 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
     search = search_fidelity(experiment, dataset)
     full = full_sizes(experiment)
     fixed = fixed_fidelity(experiment, search, full)
-    max_length = search.seq_len if _searched(experiment, "seq_len") else ENCODER_MAX_LENGTH
+    max_length = search.seq_len if experiment.searched("seq_len") else ENCODER_MAX_LENGTH
     longer = [] if fixed else [n for n in LENGTHS if search.seq_len < n <= max_length]
     rates, fresh = _rates(experiment, sorted({search.seq_len, fixed.seq_len if fixed else
                                               search.seq_len}), search.seq_len)

@@ -92,24 +92,31 @@ class Experiment:
         return self.data_options.get("split_seed", fixed if fixed is not None else
                                      DEFAULT_SPLIT_SEED)
 
+    def candidates(self, name: str) -> list[Any]:
+        """The values a trial's `name` may take, as far as bounds go: its choices, its
+        range's two ends, or its one value (TrainConfig's default where the space is silent)."""
+        return _candidates(self.space.get(name, getattr(TrainConfig, name)))
+
+    def searched(self, name: str) -> bool:
+        """Whether the space searches `name` (choices or a range), rather than fixing it."""
+        return isinstance(self.space.get(name), Range | list)
+
     @property
     def max_epochs(self) -> int:
         """The most epochs any trial may run (the pruners' resource)."""
-        epochs = self.space.get("epochs", TrainConfig.epochs)
-        return int(max(_candidates(epochs)))
+        return int(max(self.candidates("epochs")))
 
     def max_steps(self, train_examples: int) -> int:
         """The most evaluation steps any trial may report (the pruners' resource): the most
         epochs times the most evaluations per epoch (`eval_every`, smallest batch)."""
-        batch = min(_candidates(self.space.get("batch_size", TrainConfig.batch_size)))
-        steps = math.ceil(train_examples / batch)
+        steps = math.ceil(train_examples / min(self.candidates("batch_size")))
         return self.max_epochs * max(
             evaluations_per_epoch(self.base_config(eval_every=every), steps)
-            for every in _candidates(self.space.get("eval_every", TrainConfig.eval_every)))
+            for every in self.candidates("eval_every"))
 
     def defaults_config(self, **values: Any) -> TrainConfig:
         """The tool's defaults with the experiment's fixed values (and `values`)."""
-        fixed = {k: v for k, v in self.space.items() if not isinstance(v, Range | list)}
+        fixed = {k: v for k, v in self.space.items() if not self.searched(k)}
         return self.base_config(**{**fixed, **values})
 
     def base_config(self, **values: Any) -> TrainConfig:
@@ -324,7 +331,7 @@ def drop_unreachable_encoders(experiment: Experiment) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor
 
     encoder_map = experiment.space.get("encoder_map")
-    names = _candidates(experiment.space.get("encoder", TrainConfig.encoder))
+    names = experiment.candidates("encoder")
     specs = [get_encoder(name, encoder_map) for name in names]
 
     def reason(spec) -> str | None:
