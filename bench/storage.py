@@ -187,8 +187,9 @@ def start_proxy(database: str) -> tuple[subprocess.Popen, str]:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    from sweep.devices import cpu_model
+
+    model = cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{os.cpu_count()} cores, {model}; load average at start {load}; "
             f"Python {platform.python_version()}")

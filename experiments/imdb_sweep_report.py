@@ -6,7 +6,6 @@ Usage: python experiments/imdb_sweep_report.py OUT_DIR
 
 import json
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -28,10 +27,9 @@ def data_sizes(log: Path) -> dict[str, int]:
 
 
 def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{platform.processor()}, {os.cpu_count()} cores"
+    from sweep.devices import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def main(out: Path) -> None:

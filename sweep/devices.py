@@ -1,9 +1,10 @@
 """GPUs for trial processes: which this machine has (found without importing TensorFlow), the
-`--gpus` list, and the worker slots they give, one environment per slot."""
+`--gpus` list, and the worker slots they give, one environment per slot; and the CPU's name."""
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -15,6 +16,16 @@ GPU_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")  # an index or a device 
 # Without growth, TensorFlow reserves nearly all of a GPU's memory at its first op, so a
 # second trial on the same GPU (--trials-per-gpu 2) could not start.
 GROWTH = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (platform's guess elsewhere)."""
+    try:
+        lines = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read().splitlines()
+    except OSError:
+        lines = []
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), platform.processor() or "unknown CPU")
 
 
 def detect_gpus() -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -69,15 +68,9 @@ def _measure_one(job: dict, seconds: float) -> dict:
 
 def machine() -> str:
     """This machine as the measurement's cache knows it: CPU model and cores, and GPUs."""
-    from sweep.devices import detect_gpus
+    from sweep.devices import cpu_model, detect_gpus
 
-    cpu = platform.processor()
-    try:
-        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     gpus = detect_gpus()
     return f"{cpu}, {os.cpu_count()} cores" + (f", GPUs {','.join(gpus)}" if gpus else "")
 
