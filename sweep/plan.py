@@ -243,12 +243,15 @@ def make_plan(inputs: Inputs) -> Plan:
 
 
 def format_plan(plan: Plan) -> str:
-    """The plan as a small table: stage, estimated minutes, what it does."""
+    """The plan as a small table: stage, estimated minutes, what it does; then the
+    throughput it was made from."""
     lines = [f"sweep: budget {minutes(plan.inputs.budget_seconds)}, the plan "
              "(estimated minutes):",
              f"  {'stage':<14} {'minutes':>8}  what"]
     lines += [f"  {s.name:<14} {s.seconds / 60:>8.1f}  {s.detail}" for s in plan.stages()]
     lines += [f"  note: {note}" for note in plan.notes]
+    lines.append("  measured examples/s (training / evaluation): " + ", ".join(
+        f"length {n}: {r.train:.1f} / {r.eval:.1f}" for n, r in sorted(plan.inputs.rates.items())))
     return "\n".join(lines)
 
 

@@ -137,6 +137,7 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
                     "--budget", f"{BUDGET_MINUTES}m", timeout=900)
     assert run.returncode == 0, explain(run)
     assert "the plan (estimated minutes)" in run.stdout
+    assert "measured examples/s (training / evaluation): length 32: " in run.stdout
     assert "measuring 1 encoder/length setting(s)" in run.stdout
     lines = [line for line in run.stdout.splitlines() if line.startswith("trial ")
              and " in " in line]
