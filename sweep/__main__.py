@@ -308,7 +308,8 @@ def _promote(args: argparse.Namespace) -> int:
                           in_process=args.in_process, workers=args.workers,
                           heartbeat_seconds=args.heartbeat, grace_seconds=args.grace,
                           storage_url=args.storage,
-                          control=args.control or experiment.promotion.control)
+                          control_seeds=seeds if args.control or experiment.promotion.control
+                          else 0)
     tracker.open_parent(stored["path"])
     return _until_done(tracker, promotion.run)
 

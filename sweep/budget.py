@@ -16,6 +16,7 @@ from sweep.plan import (
     DEFAULT_OVERHEAD_SECONDS,
     ENCODER_MAX_LENGTH,
     LENGTHS,
+    Costs,
     Fidelity,
     Inputs,
     Plan,
@@ -25,7 +26,7 @@ from sweep.plan import (
     minutes,
     promotion_ladder,
 )
-from sweep.throughput import cache_file, measured_rates
+from sweep.throughput import cache_file, measured_rates, token_lengths
 
 DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
 
@@ -79,10 +80,12 @@ class Clock:
 def search_fidelity(experiment, dataset) -> Fidelity:
     """The most a search trial of `experiment` may run on `dataset` (its loaded split)."""
     train = len(dataset.train)
+    samples = experiment.candidates("eval_examples")
     return Fidelity(train, len(dataset.validation), len(dataset.test),
                     int(max(experiment.candidates("seq_len"))),
                     experiment.max_epochs,
-                    max(1, experiment.max_steps(train) // experiment.max_epochs))
+                    max(1, experiment.max_steps(train) // experiment.max_epochs),
+                    None if None in samples else int(max(samples)))
 
 
 def full_sizes(experiment) -> tuple[int, int, int]:
@@ -143,13 +146,14 @@ def slowest_rates(jobs: list[dict], measured: dict[int, Rates | str],
     return {k: v for k, v in rates.items() if k not in failed}
 
 
-def study_overhead(trials, search: Fidelity, rates: Rates) -> float:
+def study_overhead(trials, search: Fidelity, costs: Costs) -> float:
     """Per-run seconds beside the fit, from the study's completed trials (their duration
     minus their training and test time; the median), else DEFAULT_OVERHEAD_SECONDS."""
     import statistics
 
+    test = search.test * costs.per_example(search.seq_len, "eval")
     seen = [(t.datetime_complete - t.datetime_start).total_seconds()
-            - t.user_attrs["train_seconds"] - search.test / rates.eval
+            - t.user_attrs["train_seconds"] - test
             for t in trials if t.state.name == "COMPLETE" and "train_seconds" in t.user_attrs]
     return max(0.0, statistics.median(seen)) if seen else DEFAULT_OVERHEAD_SECONDS
 
@@ -180,10 +184,18 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
     if not fresh:
         print(f"sweep: budget: reused the throughput measured before on this machine "
               f"({cache_file()})", flush=True)
-    overhead = study_overhead(trials, search, rates[search.seq_len])
+    lengths = token_lengths(experiment.candidates("encoder"), experiment.space.get(
+        "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
+                                                  search.seq_len))
+    bucket = all(experiment.candidates("bucket"))
+
+    def costs() -> Costs:
+        return Costs(dict(rates), tuple(lengths), bucket)
+
+    overhead = study_overhead(trials, search, costs())
     while True:
         inputs = Inputs(budget_seconds=budget_seconds, used_seconds=used_seconds(),
-                        search=search, full=full, rates=dict(rates),
+                        search=search, full=full, costs=costs(),
                         top=experiment.promotion.top, seeds=experiment.promotion.seeds,
                         control=experiment.promotion.control, fixed=fixed,
                         max_length=max_length, overhead=overhead,
@@ -240,7 +252,7 @@ class BudgetRun:
         Promotion(experiment, self.sweep.study, self.tracker, self.sweep.storage, plan.top,
                   plan.seeds, in_process=self.args.in_process,
                   heartbeat_seconds=self.args.heartbeat, grace_seconds=self.args.grace,
-                  storage_url=self.args.storage, control=plan.inputs.control).run()
+                  storage_url=self.args.storage, control_seeds=plan.control_seeds).run()
         self.clock.lap("promotion")
 
     def export(self) -> None:

@@ -62,6 +62,7 @@ class Candidate:
 
     trial: optuna.trial.FrozenTrial | None
     config: TrainConfig
+    seeds: int  # trained with seeds config.seed, config.seed + 1, ...
     runs: dict[int, dict] = field(default_factory=dict)  # seed -> metrics, run id, model
 
     @property
@@ -178,21 +179,20 @@ class Promotion:
                  in_process: bool = False, workers: int = 1,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
                  grace_seconds: float = GRACE_SECONDS, storage_url: str = "",
-                 control: bool = False):
+                 control_seeds: int = 0):
         self.experiment, self.study, self.tracker = experiment, study, tracker
         self.fidelity = experiment.promotion.fidelity
         self.fidelity_key = json.dumps(self.fidelity, sort_keys=True)
         self.in_process = in_process
         self.workers = 1 if in_process else workers
-        self.candidates = [Candidate(t, trial_config(t, experiment, self.fidelity))
+        self.candidates = [Candidate(t, trial_config(t, experiment, self.fidelity), seeds)
                            for t in top_trials(study, top)]
-        self.seeds = seeds
         if not self.candidates:
             raise UserError(f"study {study.study_name!r} has no completed trial to promote")
-        if control:  # the tool's defaults at the same fidelity, with the same seeds
+        if control_seeds:  # the tool's defaults at the same fidelity, with the first seeds
             seed = self.candidates[0].config.seed
             self.candidates.append(Candidate(None, experiment.defaults_config(
-                **{**self.fidelity, "seed": seed})))
+                **{**self.fidelity, "seed": seed}), min(control_seeds, seeds)))
         self.storage, self.storage_url = storage, storage_url
         self.claims = Claims(study.study_name, storage)
         self.heartbeat_seconds, self.grace_seconds = heartbeat_seconds, grace_seconds
@@ -220,7 +220,7 @@ class Promotion:
         """Read the runs finished before (by any promote) into the candidates."""
         done = self.claims.done()
         for candidate in self.candidates:
-            for i in range(self.seeds):
+            for i in range(candidate.seeds):
                 seed = candidate.config.seed + i
                 claimed = done.get(self.key(candidate, seed))
                 if claimed:
@@ -233,12 +233,13 @@ class Promotion:
         """Train what is missing, choose the winner, record it; returns its summary."""
         self._reconcile()
         self._finished_runs()
-        todo = [(c, c.config.seed + i) for c in self.candidates for i in range(self.seeds)
+        todo = [(c, c.config.seed + i) for c in self.candidates for i in range(c.seeds)
                 if c.config.seed + i not in c.runs]
-        done = len(self.candidates) * self.seeds - len(todo)
-        print(f"promote: {len(self.candidates)} configuration(s) x {self.seeds} seed(s) at "
-              f"{short(self.fidelity) or 'the search fidelity'}; {done} run(s) done before, "
-              f"{len(todo)} to go, {self.workers} at a time", flush=True)
+        done = sum(c.seeds for c in self.candidates) - len(todo)
+        counts = " + ".join(f"{c.label} x {c.seeds}" for c in self.candidates)
+        print(f"promote: {counts} seed(s) at {short(self.fidelity) or 'the search fidelity'}; "
+              f"{done} run(s) done before, {len(todo)} to go, {self.workers} at a time",
+              flush=True)
         if todo:
             self._train_all(todo)
         self._finished_runs()  # what other promotes trained meanwhile
@@ -350,7 +351,7 @@ class Promotion:
                 "test_accuracy_mean", "run_id")}
             winner["margin"] = margin(ranked[0], control)
             m = winner["margin"]
-            print(f"promote: over the defaults (control, same seeds): val_accuracy "
+            print(f"promote: over the defaults (control, seeds {control['seeds']}): val_accuracy "
                   f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
                   f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} (± standard error)"
                   + (": the defaults won" if ranked[0] is control else ""), flush=True)

@@ -1,6 +1,7 @@
 """What a budget's plan is made from: training and evaluation examples per second of an
 encoder at a length on this machine, measured for a few seconds in a child process (the
-sweep's own process never imports TensorFlow) and cached per machine and versions."""
+sweep's own process never imports TensorFlow) and cached per machine and versions; and the
+token lengths of a sample of the training texts, cached per texts and encoders."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from sweep.plan import Rates
 
-MEASURE_SECONDS = 3.0  # timed training (and evaluation) per encoder and length
+MEASURE_SECONDS = 5.0  # timed training (and evaluation) per encoder and length
+LENGTH_SAMPLE = 2000  # training texts whose token lengths the cost model reads
 
 
 def measure_rates(jobs: list[dict], seconds: float = MEASURE_SECONDS) -> list[dict]:
@@ -97,10 +99,7 @@ def measured_rates(jobs: list[dict]) -> tuple[dict[int, Rates | str], int]:
     """Each job's Rates (or why it failed) by its position, measured in a child process
     where the cache has none; and how many were measured now."""
     path = cache_file()
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
+    cached = _read_json(path)
     keys = [cache_key(job) for job in jobs]
     todo = [i for i, key in enumerate(keys) if key not in cached]
     if todo:
@@ -112,10 +111,66 @@ def measured_rates(jobs: list[dict]) -> tuple[dict[int, Rates | str], int]:
                                                            [jobs[i] for i in todo])
         cached.update({keys[i]: {**r, "job": jobs[i]} for i, r in zip(todo, results,
                                                                        strict=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(cached, indent=1))
-        os.replace(temporary, path)
+        _write_json(path, cached)
     rates = {i: cached[key]["error"] if "error" in cached[key] else
              Rates(cached[key]["train"], cached[key]["eval"]) for i, key in enumerate(keys)}
     return rates, len(todo)
+
+
+def count_tokens(encoders: list[str], encoder_map: str | None, texts: list[str],
+                 max_length: int) -> list[int]:
+    """In a child process: each text's token count ([CLS] and [SEP] in, at most
+    `max_length`), the most over `encoders`' preprocessors."""
+    from bertclf.data.tokens import tokenize
+    from bertclf.encoders.map import get_encoder, install_builtins
+
+    counts = [0] * len(texts)
+    for name in encoders:
+        spec = get_encoder(name, encoder_map)
+        install_builtins(spec)
+        lengths = tokenize(spec, texts, max_length)[1]
+        counts = [max(a, int(b)) for a, b in zip(counts, lengths, strict=True)]
+    return counts
+
+
+def token_lengths(encoders: list[str], encoder_map: str | None, texts: list[str],
+                  max_length: int) -> list[int]:
+    """The token counts of up to LENGTH_SAMPLE of `texts` (evenly spaced), capped at
+    `max_length`: read from the cache, else counted in a child process and cached."""
+    from bertclf.encoders.map import get_encoder
+
+    step = max(1, len(texts) // LENGTH_SAMPLE)
+    sample = texts[::step][:LENGTH_SAMPLE]
+    digest = hashlib.sha256()
+    for text in sample:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    handles = [[get_encoder(e, encoder_map).preprocess] for e in encoders]
+    key = hashlib.sha256(json.dumps([handles, max_length, digest.hexdigest()]).encode()
+                         ).hexdigest()[:24]
+    path = cache_file().with_name("token_lengths.json")
+    cached = _read_json(path)
+    if key not in cached:
+        from sweep.processes import ChildProcess
+
+        print(f"sweep: budget: counting the tokens of {len(sample)} training texts",
+              flush=True)
+        cached[key] = ChildProcess(("bertclf.tf_start",)).call(
+            count_tokens, encoders, encoder_map, sample, max_length)
+        _write_json(path, cached)
+    return cached[key]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """`value` to `path` atomically (another sweep may read it meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)

@@ -5,12 +5,22 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 from sweep_helpers import error_lines, explain, mlflow_runs, sweep_cli, write_experiment
 
 from bertclf.errors import UserError
 from sweep.budget import parse_duration
-from sweep.plan import PROMOTION_SHARE, Fidelity, Inputs, Rates, make_plan, promotion_ladder
+from sweep.plan import (
+    PROMOTION_SHARE,
+    SEARCH_FLOOR_TRIALS,
+    Costs,
+    Fidelity,
+    Inputs,
+    Rates,
+    make_plan,
+    promotion_ladder,
+)
 
 # --- the duration -------------------------------------------------------------------------
 
@@ -53,7 +63,7 @@ RATES = {128: Rates(train=25.0, eval=75.0), 256: Rates(train=13.0, eval=40.0),
 
 def inputs(budget_minutes: float, **changes) -> Inputs:
     return replace(Inputs(budget_seconds=budget_minutes * 60, used_seconds=30.0, search=SEARCH,
-                          full=(20000, 5000, 25000), rates=RATES, top=2, seeds=2,
+                          full=(20000, 5000, 25000), costs=Costs(RATES), top=2, seeds=2,
                           control=True), **changes)
 
 
@@ -73,31 +83,74 @@ def test_a_bigger_budget_never_plans_less():
 
 def test_the_promotion_is_reserved_first_fidelity_first():
     """The promotion takes the largest fidelity at which one configuration with two seeds
-    (and the control with two) fits its share, then as many seeds and configurations as fit
-    there; the search gets the rest, and the stages add up to the budget."""
+    and the control with one fit beside the search's floor, then more runs within its share;
+    the search gets the rest, and the stages add up to the budget."""
     plan = make_plan(inputs(150))
-    left = 150 * 60 - 30 - plan.inputs.export_seconds
-    ladder = promotion_ladder(plan.inputs)
+    i = plan.inputs
+    left = 150 * 60 - 30 - i.export_seconds - i.margin_seconds
+    ladder = promotion_ladder(i)
     step = ladder.index(plan.fidelity)
     assert 0 < step < len(ladder) - 1
 
     def scoring(f: Fidelity) -> float:  # the final scoring grows with the length
-        return 25000 / RATES[f.seq_len].eval + plan.inputs.overhead
+        return 25000 / RATES[f.seq_len].eval + i.overhead
 
     def cost(f: Fidelity, runs: int) -> float:
-        return runs * f.seconds(RATES[f.seq_len], plan.inputs.overhead) + scoring(f) - scoring(
-            ladder[0])
+        return runs * f.seconds(i.costs, i.overhead) + scoring(f) - scoring(ladder[0])
 
-    share = PROMOTION_SHARE * (left - scoring(ladder[0]))
-    assert cost(plan.fidelity, plan.runs) <= share < cost(ladder[step + 1], 2 * 2)
-    more_seeds = (plan.top + 1) * (plan.seeds + 1)
-    assert plan.seeds == plan.inputs.seeds or cost(plan.fidelity, more_seeds) > share
+    room = left - scoring(ladder[0])
+    floor = min(SEARCH_FLOOR_TRIALS * plan.trial_seconds, (1 - PROMOTION_SHARE) * room)
+    assert cost(plan.fidelity, 2 + 1) <= room - floor < cost(ladder[step + 1], 2 + 1)
+    assert plan.search_seconds >= floor
+    assert cost(plan.fidelity, plan.runs) <= max(PROMOTION_SHARE * room,
+                                                 cost(plan.fidelity, 3))
     assert plan.promotion_seconds == pytest.approx(
         cost(plan.fidelity, plan.runs) - scoring(plan.fidelity) + scoring(ladder[0]))
     total = sum(stage.seconds for stage in plan.stages())
     assert total == pytest.approx(150 * 60)
     assert plan.trials == int(plan.search_seconds // plan.trial_seconds)
-    assert plan.runs == (plan.top + 1) * plan.seeds  # the control, with the same seeds
+    assert plan.runs == plan.top * plan.seeds + plan.control_seeds
+
+
+def test_the_control_gets_fewer_seeds_only_where_the_budget_affords_no_more():
+    tight = make_plan(inputs(150))
+    assert (tight.top, tight.seeds, tight.control_seeds) == (1, 2, 1)
+    assert "control, 1 of the 2 seeds" in tight.stages()[2].detail
+    roomy = make_plan(inputs(960))
+    assert roomy.control_seeds == roomy.seeds == 2
+    assert "control, same seeds" in roomy.stages()[2].detail
+    assert make_plan(inputs(150, control=False)).control_seeds == 0
+
+
+def test_the_cost_model_counts_each_example_at_its_bucket_length():
+    """Bucketed batches pad to the bucket's bound (or the length): short texts cost what
+    their bucket costs, interpolated between measured lengths; without bucketing or
+    without lengths, every example costs the full length."""
+    rates = {128: Rates(train=40.0, eval=80.0), 256: Rates(train=20.0, eval=40.0)}
+    assert Costs.padded(100, 256) == 128 and Costs.padded(300, 256) == 256
+    assert Costs.padded(230, 256) == 256 and Costs.padded(200, 256) == 224
+    short = Costs(rates, (100,) * 10)
+    assert short.per_example(256, "train") == pytest.approx(1 / 40)
+    mixed = Costs(rates, (100, 300))  # 128 and 256: 1/40 and 1/20 seconds
+    assert mixed.per_example(256, "eval") == pytest.approx((1 / 80 + 1 / 40) / 2)
+    at_192 = Costs(rates, (170,)).per_example(256, "train")  # padded to 192: halfway
+    assert at_192 == pytest.approx((1 / 40 + 1 / 20) / 2)
+    assert Costs(rates, (60,)).per_example(256, "train") == pytest.approx(1 / 40 / 2)
+    assert Costs(rates, (100,), bucket=False).per_example(256, "train") == pytest.approx(1 / 20)
+    assert Costs(rates).per_example(256, "train") == pytest.approx(1 / 20)
+    run = Fidelity(train=1000, val=200, test=100, seq_len=256, epochs=2, evals=3,
+                   eval_sample=50)
+    assert run.seconds(Costs(rates), overhead=10) == pytest.approx(
+        10 + 2 * (1000 / 20 + (2 * 50 + 200) / 40) + 100 / 40)
+
+
+def test_short_texts_make_a_longer_promotion_affordable():
+    """With every text under 128 tokens, a longer length costs nothing more: the plan climbs
+    to the top of the ladder where full-length padding would not."""
+    padded = make_plan(inputs(150))
+    short = make_plan(inputs(150, costs=Costs(RATES, (100,) * 50)))
+    assert short.fidelity.seq_len == 512 > padded.fidelity.seq_len
+    assert short.run_seconds < padded.run_seconds
 
 
 def test_the_experiments_promotion_fidelity_is_kept():
@@ -137,7 +190,8 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
                     "--budget", f"{BUDGET_MINUTES}m", timeout=900)
     assert run.returncode == 0, explain(run)
     assert "the plan (estimated minutes)" in run.stdout
-    assert "measured examples/s (training / evaluation): length 32: " in run.stdout
+    assert ("measured examples/s padded to the length (training / evaluation): length 32: "
+            in run.stdout)
     assert "measuring 1 encoder/length setting(s)" in run.stdout
     lines = [line for line in run.stdout.splitlines() if line.startswith("trial ")
              and " in " in line]
@@ -162,3 +216,22 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
     assert again.returncode == 0, explain(again)
     assert "reused the throughput measured before" in again.stdout
     assert f"({len(lines)} before)" in again.stdout
+
+
+def test_the_control_is_trained_with_the_first_seeds_only(tmp_path):
+    """A plan that affords the control fewer seeds: the candidates keep theirs, the control
+    gets the first `control_seeds` of them."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from sweep.experiment import load_experiment
+    from sweep.promote import CONTROL, Promotion
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.add_trial(create_trial(params={"lr": 2e-3}, value=0.7, distributions={
+        "lr": FloatDistribution(1e-3, 5e-3, log=True)}))
+    experiment = load_experiment(write_experiment(tmp_path))
+    promotion = Promotion(experiment, study, None, storage, top=1, seeds=3, control_seeds=1)
+    assert [(c.label, c.seeds) for c in promotion.candidates] == [("trial 0", 3), (CONTROL, 1)]
+    assert promotion.candidates[1].config.seed == promotion.candidates[0].config.seed

@@ -10,7 +10,6 @@ import pytest
 from bertclf.cache import cache_dir
 from bertclf.data.datasets import Split
 from bertclf.data.tokens import (
-    BUCKET_BOUNDARIES,
     TokenIds,
     make_dataset,
     steps_per_epoch,
@@ -18,6 +17,7 @@ from bertclf.data.tokens import (
     tokenize,
 )
 from bertclf.encoders.map import get_encoder
+from bertclf.run.config import bucket_boundaries
 from bertclf.run.model import build_classifier, loss_and_metric
 
 # isort: split
@@ -168,7 +168,7 @@ def test_bucketed_batches_pad_to_their_longest_member(spec, mixed_split, seq_len
         seen += [(tuple(row[:n]), int(label))
                  for row, n, label in zip(ids, lengths, labels.numpy(), strict=True)]
         # Examples of one batch come from one bucket.
-        boundaries = [b for b in BUCKET_BOUNDARIES if b < seq_len]
+        boundaries = bucket_boundaries(seq_len)
         assert len(set(np.searchsorted(boundaries, lengths, side="right"))) == 1
     expected = [(tuple(r), int(label)) for r, label in zip(rows(tokens), tokens.labels,
                                                              strict=True)]

@@ -20,10 +20,10 @@ from bertclf.cache import build_once, cache_dir
 from bertclf.data.datasets import Split, fingerprint
 from bertclf.data.packing import head_length, pack_inputs
 from bertclf.encoders.map import EncoderSpec, install_builtins, load_preprocessor, preprocess_path
+from bertclf.run.config import bucket_boundaries
 from bertclf.run.model import INPUT_NAMES
 
 TOKENIZE_BATCH = 512
-BUCKET_BOUNDARIES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448)
 
 
 @dataclass
@@ -118,7 +118,7 @@ def make_dataset(tokens: TokenIds, batch_size: int, seq_len: int, *, bucket: boo
         dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(lambda start, length, label: (values[start:start + length], label))
     if bucket:
-        boundaries = [b for b in BUCKET_BOUNDARIES if b < seq_len]
+        boundaries = bucket_boundaries(seq_len)
         dataset = dataset.bucket_by_sequence_length(
             lambda ids, label: tf.shape(ids)[0], boundaries,
             [batch_size] * (len(boundaries) + 1))
@@ -132,6 +132,6 @@ def steps_per_epoch(tokens: TokenIds, batch_size: int, seq_len: int, bucket: boo
     """The number of batches `make_dataset` yields per epoch (at most one partial per bucket)."""
     if not bucket:
         return -(-len(tokens) // batch_size)
-    boundaries = [b for b in BUCKET_BOUNDARIES if b < seq_len]
+    boundaries = bucket_boundaries(seq_len)
     buckets = np.bincount(np.searchsorted(boundaries, tokens.row_lengths, side="right"))
     return int(sum(-(-n // batch_size) for n in buckets))

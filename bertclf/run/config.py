@@ -18,6 +18,17 @@ if TYPE_CHECKING:
     from bertclf.data.datasets import Dataset
 
 LR_SCHEDULES = ("constant", "linear")
+# With `bucket`, examples are batched with others of lengths between two boundaries (below
+# `seq_len`) and padded to the batch's longest (bertclf.data.tokens; the budget's cost model).
+BUCKET_BOUNDARIES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448)
+
+
+def bucket_boundaries(seq_len: int) -> list[int]:
+    """The bucket boundaries below `seq_len`: batches of lengths [b_i, b_i+1) are padded to
+    their longest, the last bucket's up to `seq_len`."""
+    return [b for b in BUCKET_BOUNDARIES if b < seq_len]
+
+
 WD_SCHEDULES = ("lr", "constant", "piecewise")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TRUNCATIONS = ("head", "tail", "head+tail")
