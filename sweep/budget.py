@@ -15,13 +15,13 @@ from bertclf.errors import UserError
 from sweep.plan import (
     DEFAULT_OVERHEAD_SECONDS,
     ENCODER_MAX_LENGTH,
-    LENGTHS,
     Costs,
     Fidelity,
     Inputs,
     Plan,
     Rates,
     format_actuals,
+    longer_lengths,
     make_plan,
     minutes,
     promotion_ladder,
@@ -176,7 +176,10 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
     full = full_sizes(experiment)
     fixed = fixed_fidelity(experiment, search, full)
     max_length = search.seq_len if experiment.searched("seq_len") else ENCODER_MAX_LENGTH
-    longer = [] if fixed else [n for n in LENGTHS if search.seq_len < n <= max_length]
+    lengths = token_lengths(experiment.candidates("encoder"), experiment.space.get(
+        "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
+                                                  search.seq_len))
+    longer = [] if fixed else longer_lengths(search.seq_len, max_length, max(lengths))
     rates, fresh = _rates(experiment, sorted({search.seq_len, fixed.seq_len if fixed else
                                               search.seq_len}), search.seq_len)
     if fixed and fixed.seq_len not in rates:
@@ -184,9 +187,6 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
     if not fresh:
         print(f"sweep: budget: reused the throughput measured before on this machine "
               f"({cache_file()})", flush=True)
-    lengths = token_lengths(experiment.candidates("encoder"), experiment.space.get(
-        "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
-                                                  search.seq_len))
     bucket = all(experiment.candidates("bucket"))
 
     def costs() -> Costs:

@@ -255,6 +255,16 @@ def promotion_ladder(inputs: Inputs) -> list[Fidelity]:
     return ladder
 
 
+def longer_lengths(search_length: int, max_length: int, longest: int) -> list[int]:
+    """The promotion's lengths above the search's, up to `max_length` and up to the first
+    that holds a text of `longest` tokens: a longer one would change nothing."""
+    out: list[int] = []
+    for length in LENGTHS:
+        if search_length < length <= max_length and (out[-1] if out else search_length) < longest:
+            out.append(length)
+    return out
+
+
 def _counts(top: int, seeds: int, control: bool) -> list[tuple[int, int, int]]:
     """(top, seeds, control seeds) from the experiment's down: fewer seeds first (two at
     least, where the experiment asks for two or more; the control with the same), then fewer

@@ -18,6 +18,7 @@ from sweep.plan import (
     Fidelity,
     Inputs,
     Rates,
+    longer_lengths,
     make_plan,
     promotion_ladder,
 )
@@ -144,6 +145,14 @@ def test_the_cost_model_counts_each_example_at_its_bucket_length():
         10 + 2 * (1000 / 20 + (2 * 50 + 200) / 40) + 100 / 40)
 
 
+@pytest.mark.parametrize("search, longest, expected", [
+    (128, 512, [256, 384, 512]), (128, 300, [256, 384]), (128, 256, [256]),
+    (128, 100, []), (32, 9, []), (32, 50, [64])])
+def test_no_length_past_the_longest_text_is_measured(search, longest, expected):
+    assert longer_lengths(search, 512, longest) == expected
+    assert longer_lengths(search, 256, longest) == [n for n in expected if n <= 256]
+
+
 def test_short_texts_make_a_longer_promotion_affordable():
     """With every text under 128 tokens, a longer length costs nothing more: the plan climbs
     to the top of the ladder where full-length padding would not."""
@@ -193,6 +202,8 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
     assert ("measured examples/s padded to the length (training / evaluation): length 32: "
             in run.stdout)
     assert "measuring 1 encoder/length setting(s)" in run.stdout
+    assert "counting the tokens of 60 training texts" in run.stdout
+    assert "token lengths of 60 training texts: median " in run.stdout
     lines = [line for line in run.stdout.splitlines() if line.startswith("trial ")
              and " in " in line]
     seconds = [float(line.split(" in ")[1].split("s")[0]) for line in lines]
@@ -215,6 +226,7 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
                       "--budget", "1h", "--plan-only", timeout=300)
     assert again.returncode == 0, explain(again)
     assert "reused the throughput measured before" in again.stdout
+    assert "counting the tokens" not in again.stdout
     assert f"({len(lines)} before)" in again.stdout
 
 
