@@ -249,7 +249,8 @@ def _best_lines(study, ui_link: str | None) -> list[str]:
                      f"(run {p['run_id']})")
         if "margin" in p:
             m = p["margin"]
-            lines.append(f"  over the defaults (promoted with the same seeds): val_accuracy "
+            lines.append(f"  over the defaults (promoted with seeds {p['control']['seeds']}): "
+                         f"val_accuracy "
                          f"{m['val_accuracy']:+.4f} ± {m['val_accuracy_se']:.4f}, test_accuracy "
                          f"{m['test_accuracy']:+.4f} ± {m['test_accuracy_se']:.4f} "
                          "(± standard error)")
@@ -389,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with a budget: print its plan and exit")
     run.add_argument("--control", action="store_true",
                      help="with a budget: the promotion also re-trains the tool's defaults "
-                          "with the same seeds (also [promote] control = true)")
+                          "with the same seeds, or fewer where the budget affords no more "
+                          "(also [promote] control = true)")
     run.add_argument("--seed", type=int, help="sampler seed")
     run.add_argument("--workers", type=int,
                      help="trial processes running at once (the --trials total is exact; "

@@ -193,7 +193,7 @@ def test_two_promotes_at_once_train_each_run_once(tmp_path):
     assert len(winners) == 2 and winners[0] == winners[1], winners
     best = sweep_cli(tmp_path, "best", "--study", "duo")
     assert best.returncode == 0, explain(best)
-    assert "over the defaults (promoted with the same seeds): val_accuracy " in best.stdout
+    assert "over the defaults (promoted with seeds [42, 43]): val_accuracy " in best.stdout
 
 
 def test_keep_models_never_deletes_a_registered_model(tmp_path, monkeypatch):
