@@ -242,17 +242,23 @@ class BudgetRun:
         self.clock.lap("search")
 
     def promote(self) -> None:
+        """The promotion at the plan's fidelity; a run that would end after the time left
+        for it (the budget less export and final scoring: the margin included) is not
+        started, each run taken to last as the plan says, then as long as the longest."""
         from sweep.experiment import Promotion as Stage
         from sweep.promote import Promotion
+        from sweep.runner import Budget
 
         experiment, plan = self.sweep.experiment, self.plan
+        left = self.clock.left() - plan.inputs.export_seconds - plan.scoring_seconds
         fidelity = experiment.promotion.fidelity or plan.promotion_fidelity
         experiment = replace(experiment, promotion=Stage(plan.top, plan.seeds, fidelity,
                                                          plan.inputs.control))
         Promotion(experiment, self.sweep.study, self.tracker, self.sweep.storage, plan.top,
                   plan.seeds, in_process=self.args.in_process,
                   heartbeat_seconds=self.args.heartbeat, grace_seconds=self.args.grace,
-                  storage_url=self.args.storage, control_seeds=plan.control_seeds).run()
+                  storage_url=self.args.storage, control_seeds=plan.control_seeds,
+                  budget=Budget(None, max(left, 1e-3), plan.run_seconds)).run()
         self.clock.lap("promotion")
 
     def export(self) -> None:

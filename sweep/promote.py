@@ -47,7 +47,7 @@ from sweep.records import (
     WITHDRAWN,
     fixed_params,
 )
-from sweep.runner import load_experiment_data, short
+from sweep.runner import Budget, load_experiment_data, short
 from sweep.study import open_storage
 from sweep.tracking import Tracker, dataset_inputs, run_params
 from sweep.trial import PRELOAD, TrialJob, run_job
@@ -179,7 +179,7 @@ class Promotion:
                  in_process: bool = False, workers: int = 1,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
                  grace_seconds: float = GRACE_SECONDS, storage_url: str = "",
-                 control_seeds: int = 0):
+                 control_seeds: int = 0, budget: Budget | None = None):
         self.experiment, self.study, self.tracker = experiment, study, tracker
         self.fidelity = experiment.promotion.fidelity
         self.fidelity_key = json.dumps(self.fidelity, sort_keys=True)
@@ -196,6 +196,7 @@ class Promotion:
         self.storage, self.storage_url = storage, storage_url
         self.claims = Claims(study.study_name, storage)
         self.heartbeat_seconds, self.grace_seconds = heartbeat_seconds, grace_seconds
+        self.budget = budget  # a time budget's: no run is started that would end after it
 
     def key(self, candidate: Candidate, seed: int) -> str:
         return f"{candidate.label} seed {seed} at {self.fidelity_key}"
@@ -233,8 +234,7 @@ class Promotion:
         """Train what is missing, choose the winner, record it; returns its summary."""
         self._reconcile()
         self._finished_runs()
-        todo = [(c, c.config.seed + i) for c in self.candidates for i in range(c.seeds)
-                if c.config.seed + i not in c.runs]
+        todo = [run for run in self.runs() if run[1] not in run[0].runs]
         done = sum(c.seeds for c in self.candidates) - len(todo)
         counts = " + ".join(f"{c.label} x {c.seeds}" for c in self.candidates)
         print(f"promote: {counts} seed(s) at {short(self.fidelity) or 'the search fidelity'}; "
@@ -244,6 +244,14 @@ class Promotion:
             self._train_all(todo)
         self._finished_runs()  # what other promotes trained meanwhile
         return self._choose()
+
+    def runs(self) -> list[tuple[Candidate, int]]:
+        """Every (candidate, seed) in training order: each configuration's first seed (the
+        control's too) before any second one, so that a budget that ends the promotion early
+        leaves every configuration with a run."""
+        most = max(c.seeds for c in self.candidates)
+        return [(c, c.config.seed + i) for i in range(most) for c in self.candidates
+                if i < c.seeds]
 
     def _train_all(self, todo: list[tuple[Candidate, int]]) -> None:
         dataset = load_experiment_data(self.experiment, **{
@@ -258,6 +266,10 @@ class Promotion:
         def work(slot: int) -> None:
             while not stop.is_set():
                 with lock:
+                    if queue and self.budget and not self.budget.take():
+                        print(f"promote: {len(queue)} run(s) not started: they would end "
+                              "after the time budget's promotion stage", flush=True)
+                        queue.clear()
                     if not queue:
                         return
                     candidate, seed = queue.pop(0)
@@ -268,11 +280,14 @@ class Promotion:
                     continue
                 trial, trial_id = claimed
                 heartbeat.add(trial_id)
+                started = time.monotonic()
                 try:
                     self._train(candidate, seed, trial, dataset, inputs,
                                 lambda job: processes.call(slot, run_job, job), stop)
                 finally:
                     heartbeat.remove(trial_id)
+                if self.budget:
+                    self.budget.observe(time.monotonic() - started)
 
         def interrupt() -> None:
             stop.set()

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from sweep_helpers import error_lines, explain, mlflow_runs, sweep_cli, write_experiment
 
-from bertclf.errors import UserError
+from bertclf.errors import TrainingError, UserError
 from sweep.budget import parse_duration
 from sweep.plan import (
     PROMOTION_SHARE,
@@ -188,7 +188,7 @@ def test_trials_caps_the_search():
 BUDGET_MINUTES = 4  # the least this experiment plans with on a fresh cache (30 s overhead per run)
 
 
-def test_a_budgeted_run_exports_within_its_budget(tmp_path):
+def test_a_budgeted_run_exports_within_its_budget(tmp_path, capsys):
     """The tiny experiment (its length listed: the promotion stays at the space's longest, so
     no longer length is measured) from data to exported model within the budget plus one
     trial; the plan and what each stage took are on the parent run; a second command reuses
@@ -222,6 +222,25 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path):
     assert {"stage_search_minutes_planned", "stage_search_minutes_actual"} <= set(metrics)
     assert any(r.data.tags.get("sweep.stage") == "promotion" for r in runs.children)
 
+    # A run that would end after the budget's promotion stage is not started.
+    from sweep.experiment import load_experiment
+    from sweep.promote import Promotion
+    from sweep.runner import Budget
+    from sweep.tracking import Tracker
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name="check", storage=storage)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", study, created=False)
+    late = Promotion(load_experiment(experiment), study, tracker, storage, top=1, seeds=3,
+                     in_process=True, storage_url=url,
+                     budget=Budget(None, 1.0, trial_seconds=60.0))
+    with pytest.raises(TrainingError, match="no promotion run finished"):
+        late.run()
+    assert "3 run(s) not started: they would end after the time budget's promotion stage" in (
+        capsys.readouterr().out)
+    assert len(mlflow_runs(tmp_path).children) == len(runs.children)
+
     again = sweep_cli(tmp_path, "run", "--experiment", experiment, "--study", "check",
                       "--budget", "1h", "--plan-only", timeout=300)
     assert again.returncode == 0, explain(again)
@@ -247,3 +266,7 @@ def test_the_control_is_trained_with_the_first_seeds_only(tmp_path):
     promotion = Promotion(experiment, study, None, storage, top=1, seeds=3, control_seeds=1)
     assert [(c.label, c.seeds) for c in promotion.candidates] == [("trial 0", 3), (CONTROL, 1)]
     assert promotion.candidates[1].config.seed == promotion.candidates[0].config.seed
+    # Every configuration's first seed before any second: a budget that ends early leaves
+    # each with a run.
+    assert [(c.label, seed) for c, seed in promotion.runs()] == [
+        ("trial 0", 42), (CONTROL, 42), ("trial 0", 43), ("trial 0", 44)]
