@@ -278,15 +278,18 @@ def _best(args: argparse.Namespace) -> int:
     if args.ensemble and args.export is None and not args.register:
         raise UserError("--ensemble goes with --export or --register")
     _print_best(study, study_ui_link(args.tracking_uri, study.study_name))
+    exported = None
     if args.export is not None:
         from sweep.export import export_chosen
 
         out = Path(args.export or Path("exported") / check_study_name(study.study_name))
-        export_chosen(study, out, args.force, args.tracking_uri, args.ensemble)
+        exported = export_chosen(study, out, args.force, args.tracking_uri, args.ensemble)
     if args.register:
         from sweep.export import register_chosen
 
-        register_chosen(study, args.register, args.alias, args.tracking_uri, args.ensemble)
+        # An ensemble exported just now is registered as it is, not built a second time.
+        register_chosen(study, args.register, args.alias, args.tracking_uri, args.ensemble,
+                        exported if args.ensemble else None)
     return 0
 
 

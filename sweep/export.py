@@ -234,11 +234,12 @@ def _swap_in(new: Path, out: Path, old: Path) -> None:
 
 
 def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: str,
-                    ensemble: bool = False) -> str:
+                    ensemble: bool = False, exported: Path | None = None) -> str:
     """Register the chosen model (with `ensemble`, the ensemble of the promoted winner's
     seed models, logged first as the model of a run `ensemble-trial-N`) under `name` in the
     Model Registry and point `alias` at the new version; returns the `models:/NAME@ALIAS`
-    URI."""
+    URI. `exported`: that ensemble, just exported by `export_chosen` in this command, is
+    logged as it is instead of being built a second time."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -248,7 +249,7 @@ def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: st
                         "choose another --alias")
     chosen = chosen_model(study)
     members = ensemble_members(study, chosen) if ensemble else None
-    model_uri = _log_ensemble(study, chosen, members, tracking_uri) if members \
+    model_uri = _log_ensemble(study, chosen, members, tracking_uri, exported) if members \
         else chosen.model_uri
     try:
         with mlflow_stores(tracking_uri):
@@ -269,9 +270,10 @@ def register_chosen(study: optuna.Study, name: str, alias: str, tracking_uri: st
 
 
 def _log_ensemble(study: optuna.Study, chosen: ChosenModel, members: dict,
-                  tracking_uri: str) -> str:
-    """Build the ensemble as `best --export --ensemble` does and log it as the model of a
-    new run `ensemble-trial-N` under the study's parent run; returns its models:/ URI."""
+                  tracking_uri: str, exported: Path | None = None) -> str:
+    """Build the ensemble as `best --export --ensemble` does (or take `exported`, which it
+    built) and log it as the model of a new run `ensemble-trial-N` under the study's parent
+    run; returns its models:/ URI."""
     from mlflow.tracking import MlflowClient
 
     from sweep.trial import log_saved_model
@@ -283,6 +285,8 @@ def _log_ensemble(study: optuna.Study, chosen: ChosenModel, members: dict,
                             tags={PARENT_RUN_TAG: source.data.tags[PARENT_RUN_TAG],
                                   STAGE: ENSEMBLE_STAGE, ENSEMBLE_RUNS_TAG:
                                   json.dumps(members["run_ids"])})
+    if exported is not None:
+        return log_saved_model(tracking_uri, run.info.run_id, exported)
     with tempfile.TemporaryDirectory(prefix="sweep-ensemble-") as work:
         saved_model = _build_export(study, chosen, Path(work), tracking_uri, members)
         return log_saved_model(tracking_uri, run.info.run_id, saved_model)

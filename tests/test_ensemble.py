@@ -53,7 +53,7 @@ print(json.dumps({"serving": serve(text=texts)["logits"].numpy().tolist(),
 def promoted(tmp_path_factory):
     """A study searched with 1 trial (the defaults); `--ensemble` tried before any
     promotion and after a one-seed promotion (with the control); then promoted over 2 seeds
-    and exported both ways."""
+    and exported both ways, the ensemble registered by the command that exports it."""
     folder = tmp_path_factory.mktemp("ensemble")
     write_experiment(folder).write_text(
         (folder / "exp.toml").read_text() + PROMOTE, encoding="utf-8")
@@ -64,7 +64,8 @@ def promoted(tmp_path_factory):
                                  "--ensemble"),
              "two_seeds": ("promote", "--study", STUDY, "--top", 1, "--seeds", 2, "--control"),
              "single": ("best", "--study", STUDY, "--export", "single"),
-             "ensemble": ("best", "--study", STUDY, "--export", "ensemble", "--ensemble")}
+             "ensemble": ("best", "--study", STUDY, "--export", "ensemble", "--ensemble",
+                          "--register", "ens")}
     results = {name: sweep_cli(folder, *args) for name, args in steps.items()}
     for name in ("search", "one_seed", "two_seeds", "single", "ensemble"):
         assert results[name].returncode == 0, explain(results[name])
@@ -225,10 +226,8 @@ def test_register_serves_the_ensemble(promoted):
     from bertclf.run.export import predict
     from sweep.tracking import mlflow_stores
 
-    folder, _ = promoted
-    result = sweep_cli(folder, "best", "--study", STUDY, "--register", "ens", "--ensemble")
-    assert result.returncode == 0, explain(result)
-    assert "registered the ensemble of seeds [42, 43] of trial" in result.stdout
+    folder, results = promoted
+    assert "registered the ensemble of seeds [42, 43] of trial" in results["ensemble"].stdout
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)  # whatever registry this process has set
     version = client.get_model_version_by_alias("ens", "champion")

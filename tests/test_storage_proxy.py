@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -105,12 +106,14 @@ def test_a_sweep_through_the_proxy_records_owners_and_fails_dead_trials(tmp_path
 def test_addresses_and_storages_the_proxy_cannot_use_are_one_line_errors(tmp_path):
     nobody = f"grpc://127.0.0.1:{free_port()}"
     write_experiment(tmp_path)
-    results = [sweep_cli(tmp_path, *args) for args in (
-        ["trials", "--storage", nobody],
-        ["run", "--trials", 1, "--experiment", "exp.toml", "--storage", nobody],
-        ["trials", "--storage", "grpc://127.0.0.1"],
-        ["storage-server", "--storage", "sweep.journal", "--port", free_port()],
-        ["storage-server", "--storage", nobody, "--port", free_port()])]
+    commands = (["trials", "--storage", nobody],
+                ["run", "--trials", 1, "--experiment", "exp.toml", "--storage", nobody],
+                ["trials", "--storage", "grpc://127.0.0.1"],
+                ["storage-server", "--storage", "sweep.journal", "--port", free_port()],
+                ["storage-server", "--storage", nobody, "--port", free_port()])
+    # At once: two of them wait out the proxy's readiness timeout with nothing answering.
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        results = list(pool.map(lambda args: sweep_cli(tmp_path, *args), commands))
     for result in results:
         assert result.returncode == 2, explain(result)
         assert len(error_lines(result.stderr)) == 1, explain(result)

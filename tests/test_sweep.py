@@ -499,18 +499,25 @@ def test_killed_sweep_leaves_its_trial_running(killed):
 
 def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     """Encoder `broken` (a map entry whose folders hold a garbage saved_model.pb) fails;
-    the sweep records it as failed in both stores and goes on with the next trial."""
+    the sweep records it as failed in both stores and goes on with the next trial. Encoder
+    `offline` (TF Hub handles nobody answers) is dropped before the first trial, said once,
+    tagged on the parent run and never proposed."""
     for part in ("enc", "pre"):
         (tmp_path / "broken" / part).mkdir(parents=True)
         (tmp_path / "broken" / part / "saved_model.pb").write_bytes(b"not a SavedModel")
     map_file = tmp_path / "map.toml"
-    map_file.write_text('[encoders.broken]\nencoder = "broken/enc"\npreprocess = "broken/pre"\n')
-    write_experiment(tmp_path, "failing.toml", encoder='["broken", "tiny"]',
+    map_file.write_text(offline_map(tmp_path).read_text() + '[encoders.broken]\n'
+                        'encoder = "broken/enc"\npreprocess = "broken/pre"\n')
+    write_experiment(tmp_path, "failing.toml", encoder='["offline", "broken", "tiny"]',
                      extra_search=f'encoder_map = "{map_file}"')
-    # trial 0 is the defaults (encoder tiny); sampler seed 0 then proposes broken, tiny
+    # trial 0 is the defaults (encoder tiny); with offline dropped, sampler seed 0 then
+    # proposes broken, tiny
     result = sweep_cli(tmp_path, "run", "--trials", 3, "--experiment", "failing.toml",
                        "--study", "failing", "--seed", 0)
     assert result.returncode == 0, explain(result)
+    warnings = [line for line in result.stdout.splitlines() if "cannot be loaded" in line]
+    assert warnings == ["sweep: dropped 1 encoder(s) that cannot be loaded here (1 with no "
+                        "answer); searching broken, tiny; --verbose lists each"], warnings
     study = load_study(tmp_path, "failing")
     encoders = [t.params.get("encoder") for t in study.trials]
     assert encoders == ["tiny", "broken", "tiny"], f"the sampler no longer proposes {encoders}"
@@ -528,6 +535,7 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     assert runs["trial-2"].info.status == "FINISHED"
     assert runs["trial-2"].data.tags["optuna.trial_state"] == "COMPLETE"
     assert mlflow_runs(tmp_path, "failing").running() == []
+    assert "offline" in mlflow_runs(tmp_path, "failing").parent.data.tags["dropped_encoders"]
 
 
 def test_next_run_fails_the_killed_trial_and_reruns_it(killed):
@@ -643,18 +651,6 @@ def run_offline(folder: Path, encoders: str, trials: int) -> subprocess.Complete
                      extra_search=f'encoder_map = "{offline_map(folder)}"')
     return sweep_cli(folder, "run", "--trials", trials, "--experiment", "exp.toml",
                      "--study", "offline")
-
-
-def test_unreachable_encoders_are_dropped_before_the_first_trial(tmp_path):
-    result = run_offline(tmp_path, '["offline", "tiny"]', trials=2)
-    assert result.returncode == 0, explain(result)
-    warnings = [line for line in result.stdout.splitlines() if "cannot be loaded" in line]
-    assert warnings == ["sweep: dropped 1 encoder(s) that cannot be loaded here (1 with no "
-                        "answer); searching tiny; --verbose lists each"], warnings
-    study = load_study(tmp_path, "offline")
-    assert [t.params["encoder"] for t in study.trials] == ["tiny", "tiny"]
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert "offline" in mlflow_runs(tmp_path, "offline").parent.data.tags["dropped_encoders"]
 
 
 def test_no_loadable_encoder_is_a_one_line_error_that_writes_nothing(tmp_path):

@@ -12,10 +12,12 @@ it: training before it seeds, the loaders and the token cache before they read t
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
 import os
+import sys
 import tempfile
 import tomllib
 import urllib.error
@@ -218,8 +220,29 @@ def load_encoder_layer(spec: EncoderSpec, trainable: bool = True):
     """The encoder as a trainable `hub.KerasLayer`."""
     import tensorflow_hub as hub
 
-    return _load(spec, spec.encoder,
-                 lambda h: hub.KerasLayer(h, trainable=trainable, name="encoder"))
+    def layer(handle: str):
+        with _no_keras3_import():
+            return hub.KerasLayer(handle, trainable=trainable, name="encoder")
+
+    return _load(spec, spec.encoder, layer)
+
+
+@contextlib.contextmanager
+def _no_keras3_import():
+    """While a hub.KerasLayer loads its handle: `import keras` fails at once, unless Keras 3
+    is already imported. tensorflow_hub first tries `keras.saving.legacy` for the load
+    options, which Keras 3 does not have: the attempt imported all of Keras 3 (a second
+    or more, in every process that loads an encoder) only to fail, before hub falls back to
+    TensorFlow's own load context, the one legacy Keras (tf_keras) uses. The layer is the same."""
+    if "keras" in sys.modules:
+        yield
+        return
+    sys.modules["keras"] = None  # Python's way to make an import fail at once
+    try:
+        yield
+    finally:
+        if "keras" in sys.modules and sys.modules["keras"] is None:
+            del sys.modules["keras"]
 
 
 def load_preprocessor(spec: EncoderSpec):
