@@ -20,6 +20,7 @@ from sweep.plan import (
     Inputs,
     Plan,
     Rates,
+    covering_length,
     format_actuals,
     longer_lengths,
     make_plan,
@@ -169,8 +170,9 @@ def _rates(experiment, lengths: list[int], search_length: int) -> tuple[dict[int
 def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_seconds,
                 max_trials: int | None = None, parallel: int = 1) -> Plan:
     """The plan for `experiment` on its loaded search `dataset`, the study's `trials` so
-    far counted. A longer length is measured only when the promotion could use it: when
-    the plan reaches the top of the ladder measured so far. `used_seconds()`: the budget's
+    far counted. Lengths up to the covering length are measured at once; a longer one only
+    when the promotion could use it: when the plan reaches the top of the ladder measured so
+    far. `used_seconds()`: the budget's
     time spent so far."""
     search = search_fidelity(experiment, dataset)
     full = full_sizes(experiment)
@@ -180,8 +182,13 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
         "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
                                                   search.seq_len))
     longer = [] if fixed else longer_lengths(search.seq_len, max_length, max(lengths))
-    rates, fresh = _rates(experiment, sorted({search.seq_len, fixed.seq_len if fixed else
-                                              search.seq_len}), search.seq_len)
+    # Up to the covering length (the ladder's first steps) measured now, the rest when used.
+    cover = covering_length(tuple(lengths), [search.seq_len, *longer])
+    first = [n for n in longer if n <= cover]
+    longer = [n for n in longer if n > cover]
+    rates, fresh = _rates(experiment, sorted({search.seq_len, *first,
+                                              fixed.seq_len if fixed else search.seq_len}),
+                          search.seq_len)
     if fixed and fixed.seq_len not in rates:
         raise UserError(f"budget: could not measure the promotion's length {fixed.seq_len}")
     if not fresh:

@@ -34,6 +34,7 @@ EXPORT_SECONDS = 30.0  # `best --export`: copy the model, reload it in a fresh p
 MARGIN_SHARE = 0.05  # of the budget, left unplanned for the estimates' error (a few
 # seconds of measurement per length; tracing each new batch shape)
 LENGTHS = (64, 128, 256, 384, 512)  # the promotion's lengths, above the search's
+COVERAGE = 0.9  # of the texts' tokens: the promotion's length grows to keep this much first
 ENCODER_MAX_LENGTH = 512  # BERT's position embeddings
 
 
@@ -238,21 +239,34 @@ class Plan:
 
 def promotion_ladder(inputs: Inputs) -> list[Fidelity]:
     """The promotion's fidelities from the search's up, each larger than the one before:
-    more data (x2 steps, up to all of it), then longer sequences (up to `max_length`). The
-    epochs stay the search's most (an upper bound: training stops early)."""
+    first longer sequences up to the covering length (`covering_length`: what the texts
+    need; the length also limits what the model sees when it predicts, more data only helps
+    it train), then more data (x2 steps, up to all of it), then the longer sequences left (up
+    to `max_length`). Lengths not measured are left out. The epochs stay the search's most
+    (an upper bound: training stops early)."""
     if inputs.fixed is not None:
         return [inputs.fixed]
     s = inputs.search
-    ladder = [s]
+    lengths = [n for n in LENGTHS if s.seq_len < n <= inputs.max_length
+               and n in inputs.costs.rates]
+    cover = covering_length(inputs.costs.lengths, [s.seq_len, *lengths])
+    ladder = [s] + [replace(s, seq_len=n) for n in lengths if n <= cover]
     factor = 2
     while ladder[-1].train < inputs.full[0] or ladder[-1].val < inputs.full[1]:
-        ladder.append(replace(s, train=min(inputs.full[0], s.train * factor),
+        ladder.append(replace(ladder[-1], train=min(inputs.full[0], s.train * factor),
                               val=min(inputs.full[1], s.val * factor)))
         factor *= 2
-    for length in LENGTHS:
-        if s.seq_len < length <= inputs.max_length and length in inputs.costs.rates:
-            ladder.append(replace(ladder[-1], seq_len=length))
-    return ladder
+    return ladder + [replace(ladder[-1], seq_len=n) for n in lengths if n > cover]
+
+
+def covering_length(lengths: tuple[int, ...], candidates: list[int]) -> int:
+    """The first of `candidates` (ascending) that keeps COVERAGE of the counted texts'
+    tokens, else the longest; the first where the texts were not counted."""
+    if not lengths:
+        return candidates[0]
+    total = sum(lengths)
+    return next((n for n in candidates if sum(min(k, n) for k in lengths) >= COVERAGE * total),
+                candidates[-1])
 
 
 def longer_lengths(search_length: int, max_length: int, longest: int) -> list[int]:

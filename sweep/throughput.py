@@ -21,7 +21,7 @@ LENGTH_SAMPLE = 2000  # training texts whose token lengths the cost model reads
 def measure_rates(jobs: list[dict], seconds: float = MEASURE_SECONDS) -> list[dict]:
     """In a child process: each job's (encoder, encoder_map, seq_len, batch_size, precision,
     jit_compile) training and evaluation examples/s on random ids of full length, after a
-    traced warm-up batch; a job that fails gets its `error` instead."""
+    traced batch and an untimed warm-up call; a job that fails gets its `error` instead."""
     out = []
     for job in jobs:
         try:
@@ -52,6 +52,7 @@ def _measure_one(job: dict, seconds: float) -> dict:
 
     def timed(step, batches: tf.data.Dataset, size: int) -> float:
         step(batches.take(1))  # traces
+        step(batches)  # warms up (the first steps at a shape are slower: allocations, kernels)
         done, started = 0, time.perf_counter()
         while done == 0 or time.perf_counter() - started < seconds:
             step(batches)

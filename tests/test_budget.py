@@ -18,6 +18,7 @@ from sweep.plan import (
     Fidelity,
     Inputs,
     Rates,
+    covering_length,
     longer_lengths,
     make_plan,
     promotion_ladder,
@@ -151,6 +152,22 @@ def test_the_cost_model_counts_each_example_at_its_bucket_length():
 def test_no_length_past_the_longest_text_is_measured(search, longest, expected):
     assert longer_lengths(search, 512, longest) == expected
     assert longer_lengths(search, 256, longest) == [n for n in expected if n <= 256]
+
+
+def test_the_length_the_texts_need_comes_before_more_data():
+    """Long texts (as IMDB's): the ladder lengthens to the covering length (90% of the
+    tokens kept) at the search's data, then adds data, then the longer lengths; texts
+    not counted keep data first."""
+    long_texts = (300,) * 8 + (1000,) * 2  # 384 keeps 72% of the tokens, 512 78%: the longest
+    assert covering_length(long_texts, [128, 256, 384, 512]) == 512
+    assert covering_length((200,) * 10, [128, 256, 384, 512]) == 256
+    assert covering_length((), [128, 256, 384]) == 128
+    ladder = promotion_ladder(inputs(150, costs=Costs(RATES, (200,) * 10)))
+    assert [(f.train, f.seq_len) for f in ladder] == [
+        (2000, 128), (2000, 256), (4000, 256), (8000, 256), (16000, 256), (20000, 256),
+        (20000, 384), (20000, 512)]
+    assert [(f.train, f.seq_len) for f in promotion_ladder(inputs(150))][:2] == [
+        (2000, 128), (4000, 128)]
 
 
 def test_short_texts_make_a_longer_promotion_affordable():
