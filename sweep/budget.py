@@ -170,9 +170,10 @@ def _rates(experiment, lengths: list[int], search_length: int) -> tuple[dict[int
 def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_seconds,
                 max_trials: int | None = None, parallel: int = 1) -> Plan:
     """The plan for `experiment` on its loaded search `dataset`, the study's `trials` so
-    far counted. Lengths up to the covering length are measured at once; a longer one only
-    when the promotion could use it: when the plan reaches the top of the ladder measured so
-    far. `used_seconds()`: the budget's
+    far counted. A longer length is measured only when the promotion could use it: when
+    the plan reaches the top of the ladder measured so far, or, up to the covering length
+    (the ladder lengthens before it adds data), a promotion above the search's own at the
+    longest length measured so far. `used_seconds()`: the budget's
     time spent so far."""
     search = search_fidelity(experiment, dataset)
     full = full_sizes(experiment)
@@ -182,13 +183,9 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
         "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
                                                   search.seq_len))
     longer = [] if fixed else longer_lengths(search.seq_len, max_length, max(lengths))
-    # Up to the covering length (the ladder's first steps) measured now, the rest when used.
     cover = covering_length(tuple(lengths), [search.seq_len, *longer])
-    first = [n for n in longer if n <= cover]
-    longer = [n for n in longer if n > cover]
-    rates, fresh = _rates(experiment, sorted({search.seq_len, *first,
-                                              fixed.seq_len if fixed else search.seq_len}),
-                          search.seq_len)
+    rates, fresh = _rates(experiment, sorted({search.seq_len, fixed.seq_len if fixed else
+                                              search.seq_len}), search.seq_len)
     if fixed and fixed.seq_len not in rates:
         raise UserError(f"budget: could not measure the promotion's length {fixed.seq_len}")
     if not fresh:
@@ -209,7 +206,10 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
                         existing_trials=sum(t.state.is_finished() for t in trials),
                         max_trials=max_trials, parallel=parallel)
         plan = make_plan(inputs)
-        if not longer or plan.fidelity != promotion_ladder(inputs)[-1]:
+        ladder = promotion_ladder(inputs)
+        at_longest = plan.fidelity.seq_len == max(rates) and plan.fidelity != ladder[0]
+        if not longer or not (plan.fidelity == ladder[-1]
+                              or (at_longest and longer[0] <= cover)):
             return plan
         rates.update(_rates(experiment, [longer.pop(0)], search.seq_len)[0])
 
