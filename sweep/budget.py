@@ -180,7 +180,7 @@ def plan_budget(experiment, dataset, trials: list, budget_seconds: float, used_s
     fixed = fixed_fidelity(experiment, search, full)
     max_length = search.seq_len if experiment.searched("seq_len") else ENCODER_MAX_LENGTH
     lengths = token_lengths(experiment.candidates("encoder"), experiment.space.get(
-        "encoder_map"), dataset.train.texts, max(fixed.seq_len if fixed else max_length,
+        "encoder_map"), dataset.train, max(fixed.seq_len if fixed else max_length,
                                                   search.seq_len))
     longer = [] if fixed else longer_lengths(search.seq_len, max_length, max(lengths))
     cover = covering_length(tuple(lengths), [search.seq_len, *longer])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 from bertclf.errors import UserError
@@ -66,9 +67,10 @@ class Costs:
     def per_example(self, seq_len: int, kind: str) -> float:
         """Mean seconds per example of `kind` ("train" or "eval") at length `seq_len`."""
         if (seq_len, kind) not in self._memo:
-            padded = [self.padded(n, seq_len) for n in self.lengths] if self.bucket else []
-            self._memo[seq_len, kind] = statistics.fmean(
-                self.at(p, kind) for p in padded or [seq_len])
+            padded = (Counter(self.padded(n, seq_len) for n in self.lengths)
+                      if self.bucket and self.lengths else Counter([seq_len]))
+            self._memo[seq_len, kind] = sum(self.at(p, kind) * n for p, n in padded.items()
+                                            ) / padded.total()
         return self._memo[seq_len, kind]
 
     @staticmethod

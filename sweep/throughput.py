@@ -11,8 +11,12 @@ import os
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweep.plan import Rates
+
+if TYPE_CHECKING:
+    from bertclf.data.splits import Split
 
 MEASURE_SECONDS = 5.0  # timed training (and evaluation) per encoder and length
 LENGTH_SAMPLE = 2000  # training texts whose token lengths the cost model reads
@@ -134,20 +138,18 @@ def count_tokens(encoders: list[str], encoder_map: str | None, texts: list[str],
     return counts
 
 
-def token_lengths(encoders: list[str], encoder_map: str | None, texts: list[str],
+def token_lengths(encoders: list[str], encoder_map: str | None, split: Split,
                   max_length: int) -> list[int]:
-    """The token counts of up to LENGTH_SAMPLE of `texts` (evenly spaced), capped at
-    `max_length`: read from the cache, else counted in a child process and cached."""
+    """The token counts of up to LENGTH_SAMPLE of `split`'s texts (evenly spaced), capped
+    at `max_length`: read from the cache, else counted in a child process and cached."""
+    from bertclf.data.datasets import fingerprint
+    from bertclf.data.splits import Split
     from bertclf.encoders.map import get_encoder
 
-    step = max(1, len(texts) // LENGTH_SAMPLE)
-    sample = texts[::step][:LENGTH_SAMPLE]
-    digest = hashlib.sha256()
-    for text in sample:
-        digest.update(text.encode())
-        digest.update(b"\0")
+    step = max(1, len(split) // LENGTH_SAMPLE)
+    sample = Split(split.texts[::step][:LENGTH_SAMPLE], split.labels[::step][:LENGTH_SAMPLE])
     handles = [[get_encoder(e, encoder_map).preprocess] for e in encoders]
-    key = hashlib.sha256(json.dumps([handles, max_length, digest.hexdigest()]).encode()
+    key = hashlib.sha256(json.dumps([handles, max_length, fingerprint(sample)]).encode()
                          ).hexdigest()[:24]
     path = cache_file().with_name("token_lengths.json")
     cached = _read_json(path)
@@ -157,7 +159,7 @@ def token_lengths(encoders: list[str], encoder_map: str | None, texts: list[str]
         print(f"sweep: budget: counting the tokens of {len(sample)} training texts",
               flush=True)
         cached[key] = ChildProcess(("bertclf.tf_start",)).call(
-            count_tokens, encoders, encoder_map, sample, max_length)
+            count_tokens, encoders, encoder_map, sample.texts, max_length)
         _write_json(path, cached)
     return cached[key]
 
