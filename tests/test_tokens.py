@@ -47,6 +47,16 @@ def mixed_split() -> Split:
     return Split(texts, labels)
 
 
+@pytest.fixture
+def own_token_cache(monkeypatch, tmp_path):
+    """A cache root of this test's own, so that token files written by tests on other xdist
+    workers do not count as this test's; built models still come from the shared cache."""
+    models = cache_dir() / "models"
+    models.mkdir(exist_ok=True)
+    (tmp_path / "models").symlink_to(models)
+    monkeypatch.setenv("BERTCLF_CACHE_DIR", str(tmp_path))
+
+
 def token_files() -> set:
     folder = cache_dir() / "tokens"
     return set(folder.glob("*.npz")) if folder.is_dir() else set()
@@ -93,7 +103,7 @@ def test_tokenize_more_texts_than_one_batch(spec, monkeypatch):
 # --- the on-disk cache ---------------------------------------------------------------------
 
 
-def test_token_ids_are_cached_on_disk_and_reused(spec):
+def test_token_ids_are_cached_on_disk_and_reused(spec, own_token_cache):
     split = Split(random_texts(30, 2, 20, seed=11), np.arange(30, dtype=np.int32) % 2)
     before = token_files()
     first = token_ids(spec, split, 32)
@@ -122,7 +132,7 @@ def test_token_ids_are_cached_on_disk_and_reused(spec):
     np.testing.assert_array_equal(token_ids(spec, split, 32).values, first.values)
 
 
-def test_cache_key_changes_with_split_and_seq_len(spec):
+def test_cache_key_changes_with_split_and_seq_len(spec, own_token_cache):
     split = Split(random_texts(20, 2, 20, seed=12), np.arange(20, dtype=np.int32) % 2)
     known = token_files()
 
