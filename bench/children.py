@@ -31,6 +31,14 @@ def run_in_child(job) -> dict:
     return ChildProcess(PRELOAD).call(run_job, job)
 
 
+def cpu_seconds() -> float:
+    """The CPU seconds (user and system) this process has used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def vm_rss_mb() -> float:
     """This process's resident memory now (VmRSS of /proc/self/status), in MB."""
     with open("/proc/self/status", encoding="ascii") as status:

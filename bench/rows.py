@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -211,7 +212,8 @@ def row_startup(ctx: Context) -> list[Row]:
     s = {**result["stamps"], "exited": ended}
     cold = s["first_step"] - s["spawned"]
 
-    process = ChildProcess(PRELOAD)  # what a sweep starts while the previous trial trains
+    # What a sweep starts while the previous trial trains (forked where slots have no GPU).
+    process = ChildProcess(PRELOAD, fork=True)
     time.sleep(SPARE_HEAD_START)
     job = stores.job(config, data)
     outcome = process.call(run_job, job)
@@ -227,5 +229,20 @@ def row_startup(ctx: Context) -> list[Row]:
                 startup / training < 0.10, note)]
 
 
+def row_fork(ctx: Context) -> list[Row]:
+    """8. CPU seconds a trial process uses before its job arrives: forked from the sweep's
+    fork server (which imported the trial's modules once) vs spawned (importing them)."""
+    ChildProcess(PRELOAD, fork=True).call(children.cpu_seconds)  # the server: once per sweep
+    rounds = 3
+    cost = {fork: statistics.median(ChildProcess(PRELOAD, fork=fork).call(children.cpu_seconds)
+                                    for _ in range(rounds))
+            for fork in (True, False)}
+    note = (f"median of {rounds} processes each; what they preload: {', '.join(PRELOAD)}. "
+            f"A sweep on CPU slots forks its trial processes; a slot with a GPU spawns them "
+            f"(CUDA_VISIBLE_DEVICES must be set before TensorFlow is imported)")
+    return [Row("8. trial process CPU before its job: forked vs spawned", cost[True],
+                cost[False], "CPU s", "< 0.25", cost[True] / cost[False] < 0.25, note)]
+
+
 ROWS = {"1": row_bucketing, "2": row_cached_ids, "3": row_harness, "4": row_flops,
-        "5": rows_memory, "6": row_startup, "7": row_precision}
+        "5": rows_memory, "6": row_startup, "7": row_precision, "8": row_fork}

@@ -1,6 +1,10 @@
-"""Work in fresh spawned processes: every trial gets its own (TensorFlow does not give memory
-back between models), started ahead while the previous trial trains so that its imports are
-done when its job arrives. The benchmark runs its measurements through the same protocol.
+"""Work in fresh processes: every trial gets its own (TensorFlow does not give memory back
+between models), started ahead while the previous trial trains so that its imports are done
+when its job arrives. Trial processes are forked from a server process that has imported
+TensorFlow once (multiprocessing's forkserver), so a trial's start costs a fork, not the
+imports; where a worker slot has an environment of its own (its GPU: TensorFlow reads
+CUDA_VISIBLE_DEVICES as it starts), its processes are spawned and import for themselves.
+The benchmark runs its measurements through the same protocol.
 
 Only the standard library is imported here: a spawned process imports this module before it
 starts, and whatever it imports would count as that process's start-up.
@@ -16,6 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from multiprocessing import reduction
 from typing import Any
 
 
@@ -24,16 +29,27 @@ class ChildFailed(RuntimeError):
 
 
 class ChildProcess:
-    """A spawned process that applies `env`, imports `preload` at once, then runs one call
-    sent to it. What the call raises is raised again in the caller, as itself."""
+    """A process that applies `env`, imports `preload` at once, then runs one call sent to
+    it. What the call raises is raised again in the caller, as itself.
+
+    Spawned by default. With `fork`, it is forked from this process's fork server, which
+    imported `preload` once when it started (the first forked process starts it): the child's
+    imports cost nothing. It gets this process's environment, working directory, sys.path
+    and stdout/stderr as they are now, but what the preloaded modules read at their import
+    (TensorFlow: its log level, CUDA_VISIBLE_DEVICES) is as it was when the server started:
+    a process that needs another `env` there must be spawned."""
 
     def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,
-                 env: dict[str, str] | None = None):
-        context = multiprocessing.get_context("spawn")
+                 env: dict[str, str] | None = None, fork: bool = False):
+        context = multiprocessing.get_context("forkserver" if fork else "spawn")
+        if fork:
+            context.set_forkserver_preload(list(preload))  # no effect once the server runs
+            env = {**os.environ, **(env or {})}  # the server's environment is that of its start
         self.connection, child_end = context.Pipe()
         # Daemons may not start processes of their own: callers that do pass daemon=False.
-        self.process = context.Process(target=_serve, args=(child_end, preload, env or {}),
-                                       daemon=daemon)
+        self.process = context.Process(
+            target=_serve, args=(child_end, preload, env or {}, _Streams() if fork else None),
+            daemon=daemon)
         self.process.start()
         child_end.close()  # so recv() sees EOF if the child dies without answering
 
@@ -65,10 +81,16 @@ class ChildProcess:
         self.connection.close()
 
 
-def _serve(connection, preload: tuple[str, ...], env: dict[str, str]) -> None:
+def _serve(connection, preload: tuple[str, ...], env: dict[str, str],
+           streams: tuple[int, int] | None) -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if streams is not None:  # forked: the parent's environment and output, not the server's
+        os.environ.clear()
+        for target, fd in enumerate(streams, start=1):
+            os.dup2(fd, target)
+            os.close(fd)
     os.environ.update(env)  # before the imports: TensorFlow reads CUDA_VISIBLE_DEVICES once
     for module in preload:
         importlib.import_module(module)
@@ -84,8 +106,22 @@ def _serve(connection, preload: tuple[str, ...], env: dict[str, str]) -> None:
             connection.send(("error", f"{type(e).__name__}: {e}"))
 
 
+class _Streams:
+    """Stands for the caller's stdout and stderr in a forked process's arguments: pickled as
+    those two file descriptors (multiprocessing hands them over), they arrive as their numbers
+    in the child, which puts them in place of the fork server's."""
+
+    def __reduce__(self):
+        return _fds, (reduction.DupFd(1), reduction.DupFd(2))
+
+
+def _fds(*handed: reduction.DupFd) -> tuple[int, ...]:
+    return tuple(fd.detach() for fd in handed)
+
+
 def _die_with_parent() -> None:
-    """End this process within a second of its parent dying, even SIGKILLed.
+    """End this process within a second of its parent dying, even SIGKILLed (a forked
+    process's parent is the fork server, which ends when the process that started it does).
 
     (Linux's PR_SET_PDEATHSIG would follow the thread that started the process, and a
     sweep's worker threads come and go while the processes they start live on.)"""
@@ -100,10 +136,11 @@ def _die_with_parent() -> None:
 
 
 class WarmProcesses:
-    """A fresh process for each of `calls` calls, run from worker slots that each have an
-    environment of their own (a GPU, say); while a slot's call runs, its next process is
-    started, so its preloaded imports are done by the time its call arrives. No process is
-    started beyond the last call, and `kill()` ends every running one at once."""
+    """A fresh process for each of `calls` calls, run from worker slots that each may have an
+    environment of their own (a GPU, say: spawned; a slot without one: forked); while a slot's
+    call runs, its next process is started, so its imports are done by the time its call
+    arrives. No process is started beyond the last call, and `kill()` ends every running one
+    at once."""
 
     def __init__(self, calls: int, preload: tuple[str, ...] = (),
                  slots: list[dict[str, str]] | None = None):
@@ -129,7 +166,8 @@ class WarmProcesses:
                 self._running.discard(process)
 
     def _start(self, slot: int) -> ChildProcess:
-        return ChildProcess(self.preload, env=self.slots[slot])
+        env = self.slots[slot]
+        return ChildProcess(self.preload, env=env, fork=not env)
 
     def kill(self) -> None:
         """End the running calls' processes now (their calls raise ChildFailed)."""

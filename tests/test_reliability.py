@@ -99,17 +99,19 @@ def test_separate_commands_share_one_postgres_study(tmp_path):
 
 
 def trial_processes(sweep_pid: int) -> list[int]:
-    """The sweep's trial processes (its multiprocessing children running spawn_main)."""
-    found = []
+    """The sweep's trial processes: those its fork server forked, or its spawned children
+    (running spawn_main)."""
+    processes = {}  # pid: (parent pid, command line)
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
+            processes[int(entry.name)] = int(stat[1]), (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
             continue
-        if int(stat[1]) == sweep_pid and b"spawn_main" in command:
-            found.append(int(entry.name))
-    return found
+    servers = {pid for pid, (parent, command) in processes.items()
+               if parent == sweep_pid and b"forkserver" in command}
+    return [pid for pid, (parent, command) in processes.items()
+            if parent in servers or (parent == sweep_pid and b"spawn_main" in command)]
 
 
 def test_trial_killed_like_the_oom_killer_fails_and_the_sweep_goes_on(tmp_path):
