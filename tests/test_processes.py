@@ -1,0 +1,37 @@
+"""Trial processes: forked from the fork server where a worker slot has no environment of its
+own, spawned where it has one (a GPU); a forked process gets the caller's environment, working
+directory and output as they are when it starts, not the fork server's."""
+
+import os
+
+from sweep.processes import ChildProcess, WarmProcesses
+
+
+def describe(name: str) -> tuple[str | None, str, int]:
+    """(the variable `name`, the working directory, the parent's pid), and a line on stdout."""
+    print(f"the child sees {name}={os.environ.get(name)}", flush=True)
+    return os.environ.get(name), os.getcwd(), os.getppid()
+
+
+def test_a_forked_process_gets_the_callers_environment_directory_and_output(
+        tmp_path, monkeypatch, capfd):
+    with capfd.disabled():  # the fork server (started here if not before) keeps this output
+        ChildProcess(fork=True).call(describe, "SWEEP_TEST_VALUE")
+    monkeypatch.setenv("SWEEP_TEST_VALUE", "set later")
+    monkeypatch.chdir(tmp_path)
+    value, folder, parent = ChildProcess(fork=True, env={"SWEEP_TEST_SLOT": "x"}).call(
+        describe, "SWEEP_TEST_VALUE")
+    assert parent != os.getpid(), "forked by the fork server, not spawned from here"
+    assert (value, folder) == ("set later", str(tmp_path))
+    assert "the child sees SWEEP_TEST_VALUE=set later" in capfd.readouterr().out
+
+
+def test_a_slot_with_an_environment_of_its_own_spawns_its_process():
+    processes = WarmProcesses(2, slots=[{}, {"SWEEP_TEST_SLOT": "gpu 1"}])
+    try:
+        plain = processes.call(0, describe, "SWEEP_TEST_SLOT")
+        own = processes.call(1, describe, "SWEEP_TEST_SLOT")
+    finally:
+        processes.close()
+    assert plain[0] is None and plain[2] != os.getpid(), "no environment: forked"
+    assert own[0] == "gpu 1" and own[2] == os.getpid(), "its own environment: spawned"
