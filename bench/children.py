@@ -1,4 +1,5 @@
-"""Work that runs in fresh spawned processes, the way sweep runs its trials.
+"""Work that runs in fresh processes, spawned (as a sweep starts trials on a GPU slot) or
+forked from the fork server (as on a CPU slot).
 
 Only the standard library is imported at the top: a spawned child imports this module
 before it starts, and whatever it imports here would count as the child's start-up.

@@ -69,7 +69,7 @@ class TrialJob:
 
 def _peak_rss_mb() -> float:
     """This process's own peak resident memory (VmHWM: ru_maxrss would include the peak of
-    the parent it was spawned from)."""
+    the process it was started from)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
