@@ -245,7 +245,8 @@ def _best_lines(study, ui_link: str | None) -> list[str]:
         lines.append(f"promoted winner: {_label(p['trial'])}, over seeds {p['seeds']}: "
                      f"val_accuracy {p['val_accuracy_mean']:.4f} ± {p['val_accuracy_std']:.4f}, "
                      f"test_accuracy {p['test_accuracy_mean']:.4f} ± "
-                     f"{p['test_accuracy_std']:.4f}; exported model: seed {p['best_seed']} "
+                     f"{p['test_accuracy_std']:.4f} (mean ± standard deviation); exported "
+                     f"model: seed {p['best_seed']} "
                      f"(run {p['run_id']})")
         if "margin" in p:
             m = p["margin"]

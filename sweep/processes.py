@@ -16,12 +16,15 @@ import importlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from multiprocessing import reduction
 from typing import Any
+
+_no_fork_server: str | None = None  # why this process's fork server could not start, if so
 
 
 class ChildFailed(RuntimeError):
@@ -37,10 +40,25 @@ class ChildProcess:
     imports cost nothing. It gets this process's environment, working directory, sys.path
     and stdout/stderr as they are now, but what the preloaded modules read at their import
     (TensorFlow: its log level, CUDA_VISIBLE_DEVICES) is as it was when the server started:
-    a process that needs another `env` there must be spawned."""
+    a process that needs another `env` there must be spawned. Where the fork server cannot
+    start (its socket's path under TMPDIR too long, say), processes are spawned instead."""
 
     def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,
                  env: dict[str, str] | None = None, fork: bool = False):
+        global _no_fork_server
+        if fork and _no_fork_server is None:
+            try:
+                self._start(preload, daemon, env, fork=True)
+                return
+            except OSError as e:  # e.g. "AF_UNIX path too long": its socket is in TMPDIR
+                self.connection.close()
+                _no_fork_server = f"{type(e).__name__}: {e}"
+                print(f"sweep: no fork server here ({_no_fork_server}): processes are spawned",
+                      file=sys.stderr, flush=True)
+        self._start(preload, daemon, env, fork=False)
+
+    def _start(self, preload: tuple[str, ...], daemon: bool, env: dict[str, str] | None,
+               fork: bool) -> None:
         context = multiprocessing.get_context("forkserver" if fork else "spawn")
         if fork:
             context.set_forkserver_preload(list(preload))  # no effect once the server runs

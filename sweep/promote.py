@@ -354,7 +354,8 @@ class Promotion:
         for label, s in sorted(summaries, key=lambda ls: -ls[1]["val_accuracy_mean"]):
             print(f"promote: {label}: val_accuracy {s['val_accuracy_mean']:.4f} "
                   f"± {s['val_accuracy_std']:.4f}, test_accuracy {s['test_accuracy_mean']:.4f}"
-                  f" ± {s['test_accuracy_std']:.4f} over seeds {s['seeds']}", flush=True)
+                  f" ± {s['test_accuracy_std']:.4f} (mean ± standard deviation) over seeds "
+                  f"{s['seeds']}", flush=True)
         winner = {**ranked[0], "fidelity": self.fidelity,
                   "candidates": [{k: s[k] for k in ("trial", "val_accuracy_mean",
                                                     "val_accuracy_std", "test_accuracy_mean")}

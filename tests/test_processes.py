@@ -3,6 +3,8 @@ own, spawned where it has one (a GPU); a forked process gets the caller's enviro
 directory and output as they are when it starts, not the fork server's."""
 
 import os
+import subprocess
+import sys
 
 from sweep.processes import ChildProcess, WarmProcesses
 
@@ -35,3 +37,23 @@ def test_a_slot_with_an_environment_of_its_own_spawns_its_process():
         processes.close()
     assert plain[0] is None and plain[2] != os.getpid(), "no environment: forked"
     assert own[0] == "gpu 1" and own[2] == os.getpid(), "its own environment: spawned"
+
+
+SPAWNED_WITHOUT_A_FORK_SERVER = """
+import os
+from sweep.processes import ChildProcess
+print(ChildProcess(fork=True).call(os.getppid) == os.getpid())
+"""
+
+
+def test_where_the_fork_server_cannot_start_processes_are_spawned(tmp_path):
+    """The fork server's socket lives under TMPDIR: a path too long for a socket's address
+    must not fail the trial, as it did for workers with TMPDIRs deep in a test's folder."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-c", SPAWNED_WITHOUT_A_FORK_SERVER],
+                            env={**os.environ, "TMPDIR": str(deep)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True", "spawned from the caller"
+    assert "sweep: no fork server here (OSError: AF_UNIX path too long)" in result.stderr
