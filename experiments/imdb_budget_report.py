@@ -49,13 +49,12 @@ def main(out: Path) -> None:
     stages, actual = record["stages"], record["actual_seconds"]
     actual["final scoring"] = stamps["evaluate"] - stamps["sweep"]
     control = promotion.get("control")
-    fidelity = record["promotion_fidelity"] or "the search's"
     results = {
         "search": f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
                   f"{states.count('FAIL')} failed; best validation {best.value:.4f} "
                   f"(trial {best.number})",
-        "promotion": f"top {record['top']} x {record['seeds']} seed(s) at {fidelity}: "
-                     f"winner {promotion['trial']}, validation "
+        "promotion": f"winner trial {promotion['trial']}, seeds {promotion['seeds']}: "
+                     f"validation "
                      f"{mean_se(promotion['val_accuracy'])}, test "
                      f"{mean_se(promotion['test_accuracy'])} (± standard error over seeds)",
         "final scoring": f"**{final['accuracy']:.4f}** on all {final['examples']:,} test "
