@@ -85,8 +85,8 @@ class Costs:
         points = sorted((n, 1 / getattr(r, kind)) for n, r in self.rates.items())
         below = [(n, s) for n, s in points if n <= padded]
         above = [(n, s) for n, s in points if n >= padded]
-        if not below or not above:
-            n, s = (above or below)[0] if not below else below[-1]
+        if not below or not above:  # outside the measured lengths: the nearest one's
+            n, s = above[0] if not below else below[-1]
             return s * padded / n
         (n0, s0), (n1, s1) = below[-1], above[0]
         return s0 if n1 == n0 else s0 + (s1 - s0) * (padded - n0) / (n1 - n0)

@@ -51,7 +51,6 @@ class ChildProcess:
                 self._start(preload, daemon, env, fork=True)
                 return
             except OSError as e:  # e.g. "AF_UNIX path too long": its socket is in TMPDIR
-                self.connection.close()
                 _no_fork_server = f"{type(e).__name__}: {e}"
                 print(f"sweep: no fork server here ({_no_fork_server}): processes are spawned",
                       file=sys.stderr, flush=True)
@@ -68,8 +67,13 @@ class ChildProcess:
         self.process = context.Process(
             target=_serve, args=(child_end, preload, env or {}, _Streams() if fork else None),
             daemon=daemon)
-        self.process.start()
-        child_end.close()  # so recv() sees EOF if the child dies without answering
+        try:
+            self.process.start()
+        except BaseException:
+            self.connection.close()
+            raise
+        finally:
+            child_end.close()  # so recv() sees EOF if the child dies without answering
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in the child; its return value, or what it raised."""
