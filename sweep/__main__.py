@@ -63,8 +63,10 @@ def _run(args: argparse.Namespace) -> int:
         load_experiment,
         per_encoder,
     )
+    from sweep.processes import start_fork_server
     from sweep.runner import Sweep, load_experiment_data
     from sweep.study import make_pruner, open_storage, open_study
+    from sweep.trial import PRELOAD
 
     clock = Clock(0.0)  # the budget's clock starts with the command
     if args.in_process and (args.workers or 1) > 1:
@@ -101,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         enqueue_defaults(study, experiment)
     plan = (_budget_plan(args, experiment, dataset, study.get_trials(deepcopy=False), clock,
                          len(slots)) if clock.budget_seconds else None)
+    if not args.in_process and not all(slots):  # a slot whose trial processes are forked
+        start_fork_server(PRELOAD)  # it imports TensorFlow while the stores open
     tracker = _open_tracker(args.tracking_uri, study, storage, args.grace, created)
     trials = args.trials or experiment.trials
     timeout = args.timeout * 60 if args.timeout else (

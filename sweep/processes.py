@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -31,6 +32,25 @@ class ChildFailed(RuntimeError):
     """The child process died, or raised something that cannot be sent back; says why."""
 
 
+def start_fork_server(preload: tuple[str, ...]) -> None:
+    """Start this process's fork server now, so that it imports `preload` while this process
+    goes on (the first forked ChildProcess would otherwise start it and wait for the imports).
+    Where it cannot start, processes will be spawned (said once, as ChildProcess says it)."""
+    if _no_fork_server is None:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+        try:
+            multiprocessing.forkserver.ensure_running()
+        except OSError as e:
+            _spawn_instead(e)
+
+
+def _spawn_instead(error: OSError) -> None:
+    global _no_fork_server
+    _no_fork_server = f"{type(error).__name__}: {error}"  # e.g. "AF_UNIX path too long"
+    print(f"sweep: no fork server here ({_no_fork_server}): processes are spawned",
+          file=sys.stderr, flush=True)
+
+
 class ChildProcess:
     """A process that applies `env`, imports `preload` at once, then runs one call sent to
     it. What the call raises is raised again in the caller, as itself.
@@ -45,15 +65,12 @@ class ChildProcess:
 
     def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,
                  env: dict[str, str] | None = None, fork: bool = False):
-        global _no_fork_server
         if fork and _no_fork_server is None:
             try:
                 self._start(preload, daemon, env, fork=True)
                 return
-            except OSError as e:  # e.g. "AF_UNIX path too long": its socket is in TMPDIR
-                _no_fork_server = f"{type(e).__name__}: {e}"
-                print(f"sweep: no fork server here ({_no_fork_server}): processes are spawned",
-                      file=sys.stderr, flush=True)
+            except OSError as e:  # its socket is in TMPDIR, whose path may be too long
+                _spawn_instead(e)
         self._start(preload, daemon, env, fork=False)
 
     def _start(self, preload: tuple[str, ...], daemon: bool, env: dict[str, str] | None,

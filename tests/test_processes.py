@@ -41,7 +41,8 @@ def test_a_slot_with_an_environment_of_its_own_spawns_its_process():
 
 SPAWNED_WITHOUT_A_FORK_SERVER = """
 import os
-from sweep.processes import ChildProcess
+from sweep.processes import ChildProcess, start_fork_server
+start_fork_server(())
 print(ChildProcess(fork=True).call(os.getppid) == os.getpid())
 """
 
@@ -56,4 +57,34 @@ def test_where_the_fork_server_cannot_start_processes_are_spawned(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True", "spawned from the caller"
-    assert "sweep: no fork server here (OSError: AF_UNIX path too long)" in result.stderr
+    assert result.stderr.count("sweep: no fork server here (OSError: AF_UNIX path too long)") == 1
+
+
+STARTED_AHEAD = """
+import os, sys, time
+from pathlib import Path
+from sweep.processes import ChildProcess, start_fork_server
+start_fork_server(("imported_ahead",))
+marker = Path(os.environ["SWEEP_TEST_MARKER"])
+deadline = time.monotonic() + 60
+while not marker.exists():  # no process asked for yet
+    assert time.monotonic() < deadline, "the fork server never imported its preload"
+    time.sleep(0.1)
+server = int(marker.read_text())
+print(server != os.getpid() and ChildProcess(fork=True).call(os.getppid) == server)
+"""
+
+
+def test_a_fork_server_started_ahead_imports_before_any_process_is_asked_for(tmp_path):
+    """`sweep run` starts the fork server before it opens the stores, so that TensorFlow's
+    import overlaps them: the preload runs at once, and later processes fork from it."""
+    (tmp_path / "imported_ahead.py").write_text(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWEEP_TEST_MARKER']).write_text(str(os.getpid()))\n")
+    path = os.pathsep.join([str(tmp_path), *sys.path])
+    result = subprocess.run([sys.executable, "-c", STARTED_AHEAD], capture_output=True,
+                            text=True, timeout=120, env={
+                                **os.environ, "PYTHONPATH": path,
+                                "SWEEP_TEST_MARKER": str(tmp_path / "marker")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True", "the process forked from the server started ahead"
