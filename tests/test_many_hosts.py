@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -52,14 +53,16 @@ pytestmark = pytest.mark.skipif(
 
 
 class Host:
-    """A folder with its own copy of the project, data, HOME and cache."""
+    """A folder with its own copy of the project, data, HOME and cache (its built models
+    copied from `models`, so that each host does not spend its first trial building them)."""
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, models: Path):
         self.name, self.folder = name, root / name
         self.project = self.folder / "project"
         for part in ("bertclf", "sweep", "bench"):
             shutil.copytree(ROOT / part, self.project / part,
                             ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(models, self.folder / "cache" / "models")
         (self.folder / "home").mkdir()
         write_data(self.folder / "data.tsv")
         (self.folder / "exp.toml").write_text(EXPERIMENT)
@@ -86,7 +89,24 @@ class Host:
                                 start_new_session=True)
 
 
-def test_workers_on_hosts_that_share_no_disk(tmp_path):
+@pytest.fixture
+def hosts_root():
+    """A short folder for the hosts: each host's TMPDIR is its folder, where the fork
+    server's socket goes, and a socket's path has at most 107 characters."""
+    with tempfile.TemporaryDirectory(prefix="hosts-") as root:
+        yield Path(root)
+
+
+@pytest.fixture
+def built_models() -> Path:
+    """The built-in `tiny` models, built into this session's cache."""
+    from bertclf.encoders.map import get_encoder, install_builtins
+
+    install_builtins(get_encoder("tiny"))
+    return Path(os.environ["BERTCLF_CACHE_DIR"]) / "models"
+
+
+def test_workers_on_hosts_that_share_no_disk(tmp_path, hosts_root, built_models):
     destination = tmp_path / "server-artifacts"
     port = free_port()
     tracking = f"http://127.0.0.1:{port}"
@@ -95,7 +115,7 @@ def test_workers_on_hosts_that_share_no_disk(tmp_path):
     server = [bin_command("mlflow"), "server", "--backend-store-uri",
               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
               str(destination), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    a, b, c = (Host(tmp_path, name) for name in ("host-a", "host-b", "host-c"))
+    a, b, c = (Host(hosts_root, name, built_models) for name in ("host-a", "host-b", "host-c"))
     with serving(server, f"{tracking}/health", cwd=tmp_path):
         worker_a = a.start("run", "--trials", 2, "--experiment", "exp.toml", *stores,
                            "--heartbeat", 1, uts_name="host-a")
