@@ -8,6 +8,7 @@ and every worker, reopens the same parent instead of making a new one.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -288,7 +289,9 @@ class Tracker:
             plots["param_importances.png"] = optuna_plots.plot_param_importances
         for name, plot in plots.items():
             try:
-                axes = plot(self.study)
+                with warnings.catch_warnings():  # e.g. Optuna's "importances will be equal"
+                    warnings.simplefilter("ignore")
+                    axes = plot(self.study)
             except (ValueError, RuntimeError) as e:  # e.g. all parameters fixed
                 print(f"sweep: skipped {name}: {e}")
                 continue

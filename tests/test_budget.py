@@ -24,6 +24,8 @@ from sweep.plan import (
     promotion_ladder,
 )
 
+pytestmark = pytest.mark.spread
+
 # --- the duration -------------------------------------------------------------------------
 
 
@@ -215,6 +217,7 @@ def test_a_budgeted_run_exports_within_its_budget(tmp_path, capsys):
     run = sweep_cli(tmp_path, "run", "--experiment", experiment, "--study", "check",
                     "--budget", f"{BUDGET_MINUTES}m", timeout=900)
     assert run.returncode == 0, explain(run)
+    assert "Warning" not in run.stdout + run.stderr, explain(run)  # e.g. equal importances
     assert "the plan (estimated minutes)" in run.stdout
     assert ("measured examples/s padded to the length (training / evaluation): length 32: "
             in run.stdout)
