@@ -42,6 +42,17 @@ def imdb_full(imdb_archive):
         return load_dataset(imdb_archive)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """A test file's tests form one xdist group (`--dist loadgroup`: one worker runs them, so
+    its module fixtures are built once), unless the file is marked `spread`. The spread tests
+    run last, where their many short pieces even out the two workers' ends."""
+    for item in items:
+        if not item.get_closest_marker("spread"):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items.sort(key=lambda item: item.get_closest_marker("spread") is not None)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session cache made above (it holds the extracted IMDB archive)."""
     if _OWN_CACHE:

@@ -2,7 +2,10 @@
 must prune does, and the pruned trial is PRUNED in Optuna and a finished MLflow run without
 an error, carrying the epoch it stopped at; `pruner = "none"` never prunes."""
 
+import pytest
 from sweep_helpers import client_for, explain, load_study, mlflow_runs, sweep_cli, write_experiment
+
+pytestmark = pytest.mark.spread
 
 # Pruned after its first epoch whatever it scores: validation accuracy is never above 1.
 MUST_PRUNE = '{ kind = "threshold", lower = 1.01 }'
