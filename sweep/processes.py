@@ -56,11 +56,12 @@ class ChildProcess:
     it. What the call raises is raised again in the caller, as itself.
 
     Spawned by default. With `fork`, it is forked from this process's fork server, which
-    imported `preload` once when it started (the first forked process starts it): the child's
-    imports cost nothing. It gets this process's environment, working directory, sys.path
-    and stdout/stderr as they are now, but what the preloaded modules read at their import
-    (TensorFlow: its log level, CUDA_VISIBLE_DEVICES) is as it was when the server started:
-    a process that needs another `env` there must be spawned. Where the fork server cannot
+    imported `preload` once when it started (`start_fork_server`, else the first forked
+    process, starts it): the child's imports cost nothing. It gets this process's
+    environment, working directory, sys.path and stdout/stderr as they are now, but what the
+    preloaded modules read at their import (TensorFlow: its log level, CUDA_VISIBLE_DEVICES)
+    is as it was when the server started: a process that needs another `env` there must be
+    spawned. Where the fork server cannot
     start (its socket's path under TMPDIR too long, say), processes are spawned instead."""
 
     def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,

@@ -18,6 +18,9 @@ from sweep.devices import detect_gpus, parse_gpus, worker_slots
 GROWTH = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
+pytestmark = pytest.mark.spread  # each test stands alone (tests/conftest.py)
+
+
 def fake_nvidia_smi(folder, output: str, code: int = 0):
     """An `nvidia-smi` that prints `output` for `-L` and exits `code`, as a file in `folder`."""
     folder.mkdir(exist_ok=True)

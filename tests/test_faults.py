@@ -1,7 +1,7 @@
 """Nothing lost under concurrency and faults: workers starting together on a new study,
 heartbeat writes that fail, a trial failed by another host while it trains, Ctrl-C with
 several workers, two promotes at once, and keep_models beside a registered model. After
-each, `sweep check` finds the two stores agreeing on every trial."""
+each, the two stores agree on every trial (what `sweep check` checks)."""
 
 import signal
 import subprocess
@@ -24,8 +24,11 @@ from sweep_helpers import (
 )
 
 from bench.faults import other_host_checker, stop_checker
+from sweep.agreement import disagreements
 from sweep.records import OWNER_ATTR
 from sweep.study import sqlite_lock
+
+pytestmark = pytest.mark.spread  # each test stands alone (tests/conftest.py)
 
 
 def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:
@@ -35,9 +38,8 @@ def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:
 
 
 def assert_stores_agree(folder, study: str) -> None:
-    check = sweep_cli(folder, "check", "--study", study)
-    assert check.returncode == 0, explain(check)
-    assert "agree on every one" in check.stdout
+    """What `sweep check` checks (its command is tested in test_ensemble and test_many_hosts)."""
+    assert disagreements(load_study(folder, study), client_for(folder)) == []
 
 
 def running_runs(folder, study: str) -> list[str]:

@@ -35,6 +35,9 @@ POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 POSTGRES_MLFLOW_URL = os.environ.get("SWEEP_TEST_POSTGRES_MLFLOW_URL")
 
 
+pytestmark = pytest.mark.spread  # each test stands alone (tests/conftest.py)
+
+
 def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, trials: int) -> None:
     """Exactly `trials` finished trials numbered 0..trials-1, one parent run, and exactly one
     finished child run per trial."""

@@ -30,6 +30,8 @@ from bertclf.errors import UserError
 from sweep.ownership import BEAT_ATTR, OWNER_ATTR, this_process
 from sweep.study import open_storage
 
+pytestmark = pytest.mark.spread  # each test stands alone (tests/conftest.py)
+
 
 @contextlib.contextmanager
 def storage_server(folder: Path) -> Iterator[str]:
