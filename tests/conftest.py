@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# An MLflow server otherwise starts seven job-runner processes (huey) that no test uses, each
+# importing MLflow, and they outlive a server that is killed.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # Built models, extracted archives and token caches go to a throwaway folder, not ~/.cache.
 _OWN_CACHE = "BERTCLF_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
