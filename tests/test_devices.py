@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from quick_sweeps import small_experiment
 from sweep_helpers import ROOT, explain, mlflow_runs, sweep_cli, write_experiment
 
 from bertclf.errors import UserError
@@ -190,7 +191,9 @@ def test_each_trial_runs_on_its_own_slot(tmp_path, monkeypatch):
     started with its slot's environment, `hardware.cuda_visible_devices` tagged); it fails
     until that lands."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # no GPU found here, even on a GPU host
-    experiment = write_experiment(tmp_path)
+    experiment = small_experiment(tmp_path)
+    # Two trials per slot: each slot's second trial runs in a spare process started ahead,
+    # which must get that slot's environment too.
     result = sweep_cli(tmp_path, "run", "--experiment", experiment, "--study", "check",
                        "--trials", "4", "--gpus", "0,1", "--workers", "2", timeout=900)
     assert result.returncode == 0, explain(result)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from promoted_study import promoted_copy
 from sweep_helpers import (
     STUDY,
     error_lines,
@@ -19,7 +20,6 @@ from sweep_helpers import (
     load_study,
     mlflow_runs,
     sweep_cli,
-    write_experiment,
 )
 
 from bertclf.data.datasets import Split
@@ -30,7 +30,6 @@ from bertclf.run.outputs import card_path
 # isort: split
 import tensorflow as tf
 
-PROMOTE = "\n[promote]\nepochs = 1\n"
 TEXTS = ["wonderful great excellent film", "terrible awful boring film", "loved it",
          "film " * 40, ""]
 REFUSAL = ("sweep: error: --ensemble needs the promoted winner's seed models, two or more "
@@ -49,26 +48,51 @@ print(json.dumps({"serving": serve(text=texts)["logits"].numpy().tolist(),
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_uris_kept():
+    """MLflow's process-wide URIs unset after this file, its variables as they were:
+    `mlflow_stores` (here and in sweep.export) sets the URIs back by value, which also sets
+    MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI and so points the registry of every later
+    MlflowClient at ./mlflow.db."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI",
+                                                     "MLFLOW_REGISTRY_URI")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory):
-    """A study searched with 1 trial (the defaults); `--ensemble` tried before any
-    promotion and after a one-seed promotion (with the control); then promoted over 2 seeds
-    and exported both ways, the ensemble registered by the command that exports it."""
-    folder = tmp_path_factory.mktemp("ensemble")
-    write_experiment(folder).write_text(
-        (folder / "exp.toml").read_text() + PROMOTE, encoding="utf-8")
-    steps = {"search": ("run", "--trials", 1, "--experiment", "exp.toml", "--study", STUDY),
-             "no_promotion": ("best", "--study", STUDY, "--export", "refused", "--ensemble"),
-             "one_seed": ("promote", "--study", STUDY, "--top", 1, "--seeds", 1, "--control"),
+    """A copy of the session's promoted study (promoted_study: 3 trials, the top 2 over 2
+    seeds; `--ensemble` tried before any promotion); promoted again with the control, the
+    top trial over 1 seed (that run done already) and `--ensemble` tried, then over 2 seeds;
+    the ensemble exported and registered by one command, the single model exported
+    in-process."""
+    from sweep.export import export_chosen
+
+    folder, shared = promoted_copy(tmp_path_factory, "ensemble")
+    promote = ("promote", "--study", STUDY, "--top", 1, "--control", "--seeds")
+    steps = {"one_seed": (*promote, 1),
              "one_seed_export": ("best", "--study", STUDY, "--export", "refused",
                                  "--ensemble"),
-             "two_seeds": ("promote", "--study", STUDY, "--top", 1, "--seeds", 2, "--control"),
-             "single": ("best", "--study", STUDY, "--export", "single"),
-             "ensemble": ("best", "--study", STUDY, "--export", "ensemble", "--ensemble",
-                          "--register", "ens")}
-    results = {name: sweep_cli(folder, *args) for name, args in steps.items()}
-    for name in ("search", "one_seed", "two_seeds", "single", "ensemble"):
+             "two_seeds": (*promote, 2)}
+    results = {"no_promotion": shared["no_promotion"],
+               **{name: sweep_cli(folder, *args) for name, args in steps.items()}}
+    for name in ("one_seed", "two_seeds"):
         assert results[name].returncode == 0, explain(results[name])
+    results["ensemble"] = sweep_cli(folder, "best", "--study", STUDY, "--export", "ensemble",
+                                    "--ensemble", "--register", "ens")
+    assert results["ensemble"].returncode == 0, explain(results["ensemble"])
+    # last: it sets MLflow's variables, which the commands above would inherit
+    export_chosen(load_study(folder), folder / "single", False,
+                  f"sqlite:///{folder / 'mlflow.db'}")
     return folder, results
 
 
@@ -100,6 +124,13 @@ def members(promoted, tmp_path_factory):
     return loaded
 
 
+@pytest.fixture(scope="module")
+def exports(promoted):
+    """The single export and the ensemble, loaded here."""
+    folder, _ = promoted
+    return {name: load_model(folder / name) for name in ("single", "ensemble")}
+
+
 def test_without_two_seeds_the_ensemble_is_refused(promoted):
     folder, results = promoted
     for name, why in (("no_promotion", "no promotion"), ("one_seed_export", "1 seed")):
@@ -113,14 +144,14 @@ def test_without_two_seeds_the_ensemble_is_refused(promoted):
 def test_the_export_says_what_it_exported(promoted):
     _, results = promoted
     winner = results["two_seeds"]
-    assert "2 run(s) done before" in winner.stdout, "the one-seed promotion was continued"
+    # the top trial's two seeds and the control's first: the one-seed promotion was continued
+    assert "3 run(s) done before, 1 to go" in winner.stdout, winner.stdout
     assert "exported the ensemble of seeds [42, 43] of the promoted winner, trial" in \
         results["ensemble"].stdout
 
 
-def test_logits_are_the_mean_of_the_seed_models_logits(promoted, members):
-    folder, _ = promoted
-    model = load_model(folder / "ensemble")
+def test_logits_are_the_mean_of_the_seed_models_logits(exports, members):
+    model = exports["ensemble"]
     texts = tf.constant(TEXTS)
     each = np.stack([m(texts).numpy() for m in members])
     assert len(members) == 2 and not np.allclose(each[0], each[1]), "two different models"
@@ -134,10 +165,8 @@ def test_logits_are_the_mean_of_the_seed_models_logits(promoted, members):
     np.testing.assert_allclose(model.logits(inputs).numpy(), expected, rtol=0, atol=1e-5)
 
 
-def test_its_signature_and_attributes_are_a_single_exports(promoted):
-    folder, _ = promoted
-    single, ensemble = (load_model(folder / name)
-                        for name in ("single", "ensemble"))
+def test_its_signature_and_attributes_are_a_single_exports(exports):
+    single, ensemble = exports["single"], exports["ensemble"]
     for name in ("serving_default",):
         a, b = single.signatures[name], ensemble.signatures[name]
         assert a.structured_input_signature == b.structured_input_signature

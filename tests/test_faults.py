@@ -12,6 +12,7 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
+from quick_sweeps import small_experiment, sweep_main, wait_for_trial_processes
 from sweep_helpers import (
     Background,
     client_for,
@@ -20,7 +21,6 @@ from sweep_helpers import (
     mlflow_runs,
     sweep_cli,
     sweep_env,
-    write_experiment,
 )
 
 from bench.faults import other_host_checker, stop_checker
@@ -29,12 +29,6 @@ from sweep.records import OWNER_ATTR
 from sweep.study import sqlite_lock
 
 pytestmark = pytest.mark.spread  # each test stands alone (tests/conftest.py)
-
-
-def small_experiment(folder, epochs: int = 1, extra: str = "") -> None:
-    """write_experiment's tiny experiment, with `epochs` epochs."""
-    path = write_experiment(folder)
-    path.write_text(path.read_text().replace("epochs = 2", f"epochs = {epochs}\n{extra}"))
 
 
 def assert_stores_agree(folder, study: str) -> None:
@@ -158,7 +152,7 @@ def test_ctrl_c_with_two_workers_ends_both_trials(tmp_path):
     while len(running_runs(tmp_path, "stop2")) < 3:  # the parent and both trials
         assert time.monotonic() < deadline and sweep.process.poll() is None, sweep.output()
         time.sleep(0.5)
-    time.sleep(3)
+    wait_for_trial_processes(sweep, 2)  # both trials are in their processes
     interrupted = time.monotonic()
     sweep.signal(signal.SIGINT)
     assert sweep.wait(120) == 130, sweep.output()
@@ -200,7 +194,7 @@ def test_two_promotes_at_once_train_each_run_once(tmp_path):
         "promote-defaults-seed-42", "promote-defaults-seed-43"]
     winners = [line for p in promotes for line in p.lines if line.startswith("promote: winner")]
     assert len(winners) == 2 and winners[0] == winners[1], winners
-    best = sweep_cli(tmp_path, "best", "--study", "duo")
+    best = sweep_main(tmp_path, "best", "--study", "duo")
     assert best.returncode == 0, explain(best)
     assert "over the defaults (promoted with seeds [42, 43]): val_accuracy " in best.stdout
 
@@ -247,7 +241,7 @@ def test_journal_storage_fails_a_dead_workers_trial(tmp_path, storage):
     doomed = Background(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",
                         "--study", "journal", "--storage", storage)
     doomed.wait_for_line("trial 0 started:")
-    time.sleep(2)
+    wait_for_trial_processes(doomed, 1)  # its trial process runs
     doomed.kill()
     small_experiment(tmp_path)
     again = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "exp.toml",

@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pytest
 from mlflow.exceptions import MlflowException
+from promoted_study import promoted_copy
 from servers import bin_command, group_is_gone, serving
 from sweep_helpers import (
     STUDY,
@@ -34,23 +35,13 @@ from sweep.experiment import load_experiment
 from sweep.promote import top_trials, trial_config
 from sweep.space import suggest_config
 
-PROMOTE = "\n[promote]\nepochs = 1\n"  # the full-fidelity stage changes the epochs
-
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("promote")
-    experiment = write_experiment(folder)
-    experiment.write_text(experiment.read_text().replace(
-        '[study]\n', '[study]\nkeep_models = 1\n') + PROMOTE)
-    searched = sweep_cli(folder, "run", "--trials", 3, "--experiment", "exp.toml",
-                         "--study", STUDY)
-    assert searched.returncode == 0, explain(searched)
-    first = sweep_cli(folder, "promote", "--study", STUDY, "--top", 2, "--seeds", 2)
-    assert first.returncode == 0, explain(first)
-    again = sweep_cli(folder, "promote", "--study", STUDY, "--top", 2, "--seeds", 2)
-    assert again.returncode == 0, explain(again)
-    return folder, searched, first, again
+    """A copy of the session's promoted study (promoted_study): 3 trials searched with
+    keep_models = 1, the top 2 promoted over 2 seeds, then promoted again."""
+    folder, results = promoted_copy(tmp_path_factory, "promote")
+    return folder, results["search"], results["first"], results["again"]
 
 
 def promotion_runs(folder):

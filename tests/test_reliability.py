@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from quick_sweeps import small_experiment, wait_for_trial_processes
 from sweep_helpers import (
     Background,
     explain,
@@ -59,7 +60,7 @@ def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, trials: 
 def test_workers_flag_runs_exactly_the_requested_trials(tmp_path, monkeypatch):
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # the sweep's environment
-    write_experiment(tmp_path)
+    small_experiment(tmp_path)
     result = sweep_cli(tmp_path, "run", "--trials", 3, "--workers", 2, "--experiment",
                        "exp.toml", "--study", "par")
     assert result.returncode == 0, explain(result)
@@ -101,31 +102,12 @@ def test_separate_commands_share_one_postgres_study(tmp_path):
                              MlflowClient(POSTGRES_MLFLOW_URL), 2)
 
 
-def trial_processes(sweep_pid: int) -> list[int]:
-    """The sweep's trial processes: those its fork server forked, or its spawned children
-    (running spawn_main)."""
-    processes = {}  # pid: (parent pid, command line)
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            processes[int(entry.name)] = int(stat[1]), (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-    servers = {pid for pid, (parent, command) in processes.items()
-               if parent == sweep_pid and b"forkserver" in command}
-    return [pid for pid, (parent, command) in processes.items()
-            if parent in servers or (parent == sweep_pid and b"spawn_main" in command)]
-
-
 def test_trial_killed_like_the_oom_killer_fails_and_the_sweep_goes_on(tmp_path):
     write_experiment(tmp_path)
     sweep = Background(tmp_path, "run", "--trials", 2, "--experiment", "exp.toml",
                        "--study", "oom")
     sweep.wait_for_line("trial 0 started:")
-    deadline = time.monotonic() + 120
-    while not (victims := trial_processes(sweep.process.pid)):
-        assert time.monotonic() < deadline, sweep.output()
-        time.sleep(0.2)
+    victims = wait_for_trial_processes(sweep, 1, timeout=120)
     time.sleep(3)  # into its imports or training
     os.kill(victims[0], signal.SIGKILL)
     assert sweep.wait(600) == 0, sweep.output()

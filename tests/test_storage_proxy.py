@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import servers
+from quick_sweeps import small_experiment, sweep_main
 from sweep_helpers import (
     Background,
     error_lines,
@@ -68,8 +69,7 @@ def dead_owner() -> dict:
 
 
 def test_a_sweep_through_the_proxy_records_owners_and_fails_dead_trials(tmp_path):
-    experiment = write_experiment(tmp_path)
-    experiment.write_text(experiment.read_text().replace("epochs = 2", "epochs = 1"))
+    small_experiment(tmp_path)
     with storage_server(tmp_path) as url:
         # A trial that a dead worker of this host left RUNNING, made through the proxy.
         study = optuna.create_study(study_name="proxied", storage=open_storage(url),
@@ -82,8 +82,8 @@ def test_a_sweep_through_the_proxy_records_owners_and_fails_dead_trials(tmp_path
         assert command.wait(600) == 0, command.output()
         assert "heartbeat write failed" not in command.output()
 
-        listed = sweep_cli(tmp_path, "trials", "--storage", url)
-        checked = sweep_cli(tmp_path, "check", "--storage", url)
+        listed = sweep_main(tmp_path, "trials", "--storage", url)
+        checked = sweep_main(tmp_path, "check", "--storage", url)
     assert listed.returncode == 0, explain(listed)
     assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [
         ["0", "FAIL"], ["1", "COMPLETE"], ["2", "COMPLETE"]], listed.stdout
