@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from quick_sweeps import small_experiment, sweep_main
 from servers import serving
 from sweep_helpers import (
     NEGATIVE,
@@ -62,7 +63,7 @@ def test_mask_hides_every_url_password():
 def secured(tmp_path_factory):
     """run, trials, best --export, promote, best --export --force: their outputs, by name."""
     folder = tmp_path_factory.mktemp("safety")
-    write_experiment(folder)
+    small_experiment(folder)  # one epoch: what is checked here is not the training
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server",
                "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
@@ -139,7 +140,7 @@ def test_the_default_export_folder_of_an_unsafe_stored_name_is_refused(tmp_path)
     (victim / "keep.txt").write_text("mine")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.create_study(study_name="../victim", storage=storage, direction="maximize")
-    result = sweep_cli(tmp_path, "best", "--export", "--force")
+    result = sweep_main(tmp_path, "best", "--export", "--force")
     assert result.returncode == 2, explain(result)
     assert error_lines(result.stderr)[-1].startswith("sweep: error: study name '../victim'")
     assert (victim / "keep.txt").read_text() == "mine"

@@ -1,9 +1,10 @@
 """`python -m sweep` end to end: run, best, trials, failures, interruption, MLflow server.
 
-Every command runs as a subprocess in a temporary folder (mlflow.db, optuna.db and mlruns/
-land there) on a small separable TSV and the built-in `tiny` encoder. One 3-trial sweep is
-shared by most tests through module-scoped fixtures; tests that add trials to it come after
-the ones that count them.
+Every command runs in a temporary folder (mlflow.db, optuna.db and mlruns/ land there) on a
+small separable TSV and the built-in `tiny` encoder: as a subprocess, except `best` and
+`trials` where a test is not about their own process (those run in this process). One 3-trial
+sweep is shared by most tests through module-scoped fixtures; tests that add trials to it come
+after the ones that count them. Another sweep, with a failing trial, serves two tests.
 """
 
 import csv
@@ -22,6 +23,7 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
+from quick_sweeps import sweep_main
 from servers import serving
 from sweep_helpers import (
     IMDB_ARCHIVE,
@@ -310,7 +312,7 @@ def test_second_run_continues_the_study(swept, continued):
 @pytest.fixture(scope="module")
 def exported(swept, continued) -> tuple[Path, subprocess.CompletedProcess]:
     out = swept.folder / "exported-best"
-    result = sweep_cli(swept.folder, "best", "--study", STUDY, "--export", out)
+    result = sweep_main(swept.folder, "best", "--study", STUDY, "--export", out)
     assert result.returncode == 0, explain(result)
     return out, result
 
@@ -385,11 +387,11 @@ def test_best_and_trials_without_a_finished_trial(tmp_path):
     empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
     empty.tell(empty.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)}),
                state=optuna.trial.TrialState.FAIL)
-    result = sweep_cli(tmp_path, "best", "--study", "empty")
+    result = sweep_main(tmp_path, "best", "--study", "empty")
     assert result.returncode == 0, explain(result)
     assert "no trial has completed yet" in result.stdout
 
-    table = sweep_cli(tmp_path, "trials", "--csv", "-")  # the only study: no --study needed
+    table = sweep_main(tmp_path, "trials", "--csv", "-")  # the only study: no --study needed
     assert table.returncode == 0, explain(table)
     rows = list(csv.DictReader(table.stdout.splitlines()))
     assert [(r["number"], r["state"]) for r in rows] == [("0", "FAIL")]
@@ -408,7 +410,7 @@ def test_best_and_trials_without_a_finished_trial(tmp_path):
 
 def test_trials_table_and_csv(swept, continued):
     study = load_study(swept.folder)
-    table = sweep_cli(swept.folder, "trials", "--study", STUDY)
+    table = sweep_main(swept.folder, "trials", "--study", STUDY)
     assert table.returncode == 0, explain(table)
     lines = table.stdout.strip().splitlines()
     header = lines[0].split()
@@ -418,7 +420,7 @@ def test_trials_table_and_csv(swept, continued):
     assert len(lines) == 1 + len(study.trials)
     assert [line.split()[0] for line in lines[1:]] == [str(t.number) for t in study.trials]
 
-    result = sweep_cli(swept.folder, "trials", "--study", STUDY, "--csv", "out.csv")
+    result = sweep_main(swept.folder, "trials", "--study", STUDY, "--csv", "out.csv")
     assert result.returncode == 0, explain(result)
     with open(swept.folder / "out.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -494,31 +496,66 @@ def test_killed_sweep_leaves_its_trial_running(killed):
     assert f"trial-{killed.number}" in mlflow_runs(killed.folder, "stop").running()
 
 
-# --- a failing trial -----------------------------------------------------------------------
+# --- one sweep with a failing trial, on data that rewards stopping early ------------------
+
+UNEVEN = "uneven"
 
 
-def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
-    """Encoder `broken` (a map entry whose folders hold a garbage saved_model.pb) fails;
-    the sweep records it as failed in both stores and goes on with the next trial. Encoder
-    `offline` (TF Hub handles nobody answers) is dropped before the first trial, said once,
-    tagged on the parent run and never proposed."""
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> Swept:
+    """`run --trials 3` searching encoders `offline` (TF Hub handles nobody answers), `broken`
+    (a map entry whose folders hold a garbage saved_model.pb) and `tiny`, on data whose
+    validation labels are flipped: validation loss is lowest early, and training (4 epochs,
+    patience 3, half of it warm-up) goes on past it. Trial 0 is the defaults (encoder tiny);
+    with offline dropped, sampler seed 10 then proposes broken, tiny."""
+    folder = tmp_path_factory.mktemp("uneven")
+    for split, count in {"train": 160, "validation": 40, "test": 40}.items():
+        text = write_data(folder / f"{split}.tsv", per_class=count // 2).read_text()
+        if split == "validation":
+            text = text.replace("\tpos", "\tPOS").replace("\tneg", "\tpos").replace(
+                "\tPOS", "\tneg")
+        (folder / "data" / f"{split}.tsv").parent.mkdir(exist_ok=True)
+        (folder / "data" / f"{split}.tsv").write_text(text)
     for part in ("enc", "pre"):
-        (tmp_path / "broken" / part).mkdir(parents=True)
-        (tmp_path / "broken" / part / "saved_model.pb").write_bytes(b"not a SavedModel")
-    map_file = tmp_path / "map.toml"
-    map_file.write_text(offline_map(tmp_path).read_text() + '[encoders.broken]\n'
+        (folder / "broken" / part).mkdir(parents=True)
+        (folder / "broken" / part / "saved_model.pb").write_bytes(b"not a SavedModel")
+    map_file = folder / "map.toml"
+    map_file.write_text(offline_map(folder).read_text() + '[encoders.broken]\n'
                         'encoder = "broken/enc"\npreprocess = "broken/pre"\n')
-    write_experiment(tmp_path, "failing.toml", encoder='["offline", "broken", "tiny"]',
-                     extra_search=f'encoder_map = "{map_file}"')
-    # trial 0 is the defaults (encoder tiny); with offline dropped, sampler seed 0 then
-    # proposes broken, tiny
-    result = sweep_cli(tmp_path, "run", "--trials", 3, "--experiment", "failing.toml",
-                       "--study", "failing", "--seed", 0)
+    experiment = folder / "uneven.toml"
+    experiment.write_text(f"""\
+[data]
+path = "data"
+
+[search]
+encoder = ["offline", "broken", "tiny"]
+encoder_map = "{map_file}"
+seq_len = 32
+epochs = 4
+patience = 3
+lr = [1e-3]
+warmup_fraction = 0.5        # the first epoch barely learns: near chance, lowest loss
+batch_size = 16
+precision = "float32"
+
+[study]
+pruner = "none"
+""")
+    result = sweep_cli(folder, "run", "--trials", 3, "--experiment", experiment.name,
+                       "--study", UNEVEN, "--seed", 10)
     assert result.returncode == 0, explain(result)
+    return Swept(folder, experiment, result)
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(uneven):
+    """Encoder `broken` fails; the sweep records it as failed in both stores and goes on
+    with the next trial. Encoder `offline` is dropped before the first trial, said once,
+    tagged on the parent run and never proposed."""
+    folder, result = uneven.folder, uneven.result
     warnings = [line for line in result.stdout.splitlines() if "cannot be loaded" in line]
     assert warnings == ["sweep: dropped 1 encoder(s) that cannot be loaded here (1 with no "
                         "answer); searching broken, tiny; --verbose lists each"], warnings
-    study = load_study(tmp_path, "failing")
+    study = load_study(folder, UNEVEN)
     encoders = [t.params.get("encoder") for t in study.trials]
     assert encoders == ["tiny", "broken", "tiny"], f"the sampler no longer proposes {encoders}"
     defaults, failed, finished = study.trials
@@ -528,14 +565,31 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     assert defaults.state.name == "COMPLETE"
     assert "trial 1 FAIL" in result.stdout and "trial 2 COMPLETE" in result.stdout
 
-    runs = mlflow_runs(tmp_path, "failing").by_name()
+    runs = mlflow_runs(folder, UNEVEN).by_name()
     assert runs["trial-1"].info.status == "FAILED"
     assert runs["trial-1"].data.tags["optuna.trial_state"] == "FAIL"
     assert "broken" in runs["trial-1"].data.tags["error"]
     assert runs["trial-2"].info.status == "FINISHED"
     assert runs["trial-2"].data.tags["optuna.trial_state"] == "COMPLETE"
-    assert mlflow_runs(tmp_path, "failing").running() == []
-    assert "offline" in mlflow_runs(tmp_path, "failing").parent.data.tags["dropped_encoders"]
+    assert mlflow_runs(folder, UNEVEN).running() == []
+    assert "offline" in mlflow_runs(folder, UNEVEN).parent.data.tags["dropped_encoders"]
+
+
+def test_objective_is_the_kept_epochs_validation_accuracy(uneven):
+    """With validation labels flipped, validation loss is lowest early and training goes on
+    past it: the trial's value must be the kept (lowest-loss) epoch's validation accuracy, as
+    Optuna's report and MLflow's curve both have it at that epoch's step, not the last's."""
+    trial = load_study(uneven.folder, UNEVEN).trials[0]  # the defaults: encoder tiny
+    run = mlflow_runs(uneven.folder, UNEVEN).by_name()["trial-0"]
+    client = client_for(uneven.folder)
+    curves = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+              for key in ("val_loss", "val_accuracy")}
+    kept = min(curves["val_loss"], key=curves["val_loss"].get)
+    assert kept < max(curves["val_loss"]), f"the best epoch is the last one: {curves}"
+    assert trial.user_attrs["best_epoch"] == kept
+    assert trial.value == pytest.approx(curves["val_accuracy"][kept])
+    assert trial.value == trial.intermediate_values[kept]
+    assert trial.intermediate_values[max(curves["val_loss"])] != trial.value, curves
 
 
 def test_next_run_fails_the_killed_trial_and_reruns_it(killed):
@@ -583,54 +637,6 @@ def test_quick_experiment_runs_one_trial(tmp_path):
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
     runs = mlflow_runs(tmp_path, "quick")
     assert len(runs.children) == 1 and runs.running() == []
-
-
-# --- the objective is the kept epoch's -----------------------------------------------------
-
-
-def test_objective_is_the_kept_epochs_validation_accuracy(tmp_path):
-    """With validation labels flipped, validation loss is lowest early and training goes on
-    past it: the trial's value must be the kept (lowest-loss) epoch's validation accuracy, as
-    Optuna's report and MLflow's curve both have it at that epoch's step, not the last's."""
-    rows = {"train": 160, "validation": 40, "test": 40}
-    for split, count in rows.items():
-        text = write_data(tmp_path / f"{split}.tsv", per_class=count // 2).read_text()
-        if split == "validation":
-            text = text.replace("\tpos", "\tPOS").replace("\tneg", "\tpos").replace(
-                "\tPOS", "\tneg")
-        (tmp_path / "data" / f"{split}.tsv").parent.mkdir(exist_ok=True)
-        (tmp_path / "data" / f"{split}.tsv").write_text(text)
-    (tmp_path / "flip.toml").write_text("""\
-[data]
-path = "data"
-
-[search]
-encoder = "tiny"
-seq_len = 32
-epochs = 4
-patience = 3
-lr = [1e-3]
-warmup_fraction = 0.5        # the first epoch barely learns: near chance, lowest loss
-batch_size = 16
-precision = "float32"
-
-[study]
-pruner = "none"
-""")
-    result = sweep_cli(tmp_path, "run", "--trials", 1, "--experiment", "flip.toml",
-                       "--study", "flip")
-    assert result.returncode == 0, explain(result)
-    (trial,) = load_study(tmp_path, "flip").trials
-    run = mlflow_runs(tmp_path, "flip").by_name()["trial-0"]
-    client = client_for(tmp_path)
-    curves = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-              for key in ("val_loss", "val_accuracy")}
-    kept = min(curves["val_loss"], key=curves["val_loss"].get)
-    assert kept < max(curves["val_loss"]), f"the best epoch is the last one: {curves}"
-    assert trial.user_attrs["best_epoch"] == kept
-    assert trial.value == pytest.approx(curves["val_accuracy"][kept])
-    assert trial.value == trial.intermediate_values[kept]
-    assert trial.intermediate_values[max(curves["val_loss"])] != trial.value, curves
 
 
 # --- encoders that cannot be loaded here ---------------------------------------------------
