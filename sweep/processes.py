@@ -61,8 +61,8 @@ class ChildProcess:
     environment, working directory, sys.path and stdout/stderr as they are now, but what the
     preloaded modules read at their import (TensorFlow: its log level, CUDA_VISIBLE_DEVICES)
     is as it was when the server started: a process that needs another `env` there must be
-    spawned. Where the fork server cannot
-    start (its socket's path under TMPDIR too long, say), processes are spawned instead."""
+    spawned. Where the fork server cannot start (its socket's path under TMPDIR too long,
+    say), processes are spawned instead."""
 
     def __init__(self, preload: tuple[str, ...] = (), daemon: bool = True,
                  env: dict[str, str] | None = None, fork: bool = False):
