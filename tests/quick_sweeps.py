@@ -24,6 +24,9 @@ def sweep_main(folder: Path, *args) -> subprocess.CompletedProcess:
     about (it saves a Python start-up and the sweep's imports)."""
     from sweep.__main__ import main
 
+    if "--tracking-uri" not in args:  # the default, made absolute: MLflow caches its stores
+        # by URI in this process, so a relative one would reach another folder's database
+        args = (*args, "--tracking-uri", f"sqlite:///{Path(folder).absolute() / 'mlflow.db'}")
     out, err = io.StringIO(), io.StringIO()
     with (contextlib.chdir(folder), contextlib.redirect_stdout(out),
           contextlib.redirect_stderr(err)):
